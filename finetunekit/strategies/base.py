@@ -1,0 +1,114 @@
+"""Strategy: for epoch e, which layer groups train and at what LR scale (DESIGN decision 3).
+
+A strategy is a pure plan: ``plan(n_groups, epoch) -> list[float | None]`` with one entry per layer
+group, ordered input -> head; ``None`` means frozen, a float is the group's LR scale. The tuner alone
+applies a plan (``requires_grad``, BatchNorm modes, learning rates), so a strategy never touches the
+model or the optimizer and works unchanged with any schedule, checkpoint or DDP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from finetunekit.errors import ConfigError
+
+Plan = list[float | None]
+
+
+class Strategy:
+    """Base class. Subclass and override :meth:`plan` (and :meth:`config` if it has arguments).
+
+    ``train_bn``: when False (the default, Keras semantics), BatchNorm layers in frozen groups run in
+    inference mode, so their running statistics stay those of the pretrained weights.
+    """
+
+    train_bn: bool = False
+
+    def plan(self, n_groups: int, epoch: int) -> Plan:
+        raise NotImplementedError(f"{type(self).__name__} must implement plan(n_groups, epoch)")
+
+    def horizon(self, n_groups: int) -> int:
+        """The first epoch from which the plan no longer changes (for summaries)."""
+        return 1
+
+    def validate(self, n_groups: int) -> None:
+        """Raise a ConfigError before training when the strategy cannot apply to ``n_groups`` groups."""
+        check_plan(self, self.plan(n_groups, 0), n_groups)
+
+    def config(self) -> dict[str, Any]:
+        """A JSON-able description, saved with models and compared on resume."""
+        return {"name": type(self).__name__, "train_bn": self.train_bn}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
+        return f"{type(self).__name__}({args})"
+
+
+def check_plan(strategy: Strategy, plan: Sequence[float | None], n_groups: int) -> None:
+    """One place that checks what any strategy (built-in or user-written) returns."""
+    if len(plan) != n_groups:
+        raise ConfigError(
+            f"{strategy!r} planned {len(plan)} layer groups but the backbone has {n_groups}; "
+            f"return one entry (an LR scale, or None for frozen) per group, ordered input -> head"
+        )
+    for i, s in enumerate(plan):
+        if s is not None and not (isinstance(s, (int, float)) and s >= 0):
+            raise ConfigError(
+                f"{strategy!r} gave group {i} the LR scale {s!r}; expected a float >= 0 or None (frozen)"
+            )
+
+
+class Composed(Strategy):
+    """Several strategies at once: a group trains if every strategy lets it; its scale is the product."""
+
+    def __init__(self, strategies: Sequence[Strategy]):
+        if not strategies:
+            raise ConfigError("strategy=[] is empty; pass at least one Strategy, or None for FullFineTune()")
+        for s in strategies:
+            if not isinstance(s, Strategy):
+                raise ConfigError(
+                    f"strategy list holds {s!r} of type {type(s).__name__}; expected Strategy instances "
+                    f"such as FrozenBackbone() or DiscriminativeLR(0.5)"
+                )
+        self.strategies = list(strategies)
+        self.train_bn = any(s.train_bn for s in self.strategies)
+
+    def plan(self, n_groups: int, epoch: int) -> Plan:
+        out: Plan = [1.0] * n_groups
+        for s in self.strategies:
+            p = s.plan(n_groups, epoch)
+            check_plan(s, p, n_groups)
+            out = [None if a is None or b is None else a * b for a, b in zip(out, p)]
+        return out
+
+    def horizon(self, n_groups: int) -> int:
+        return max(s.horizon(n_groups) for s in self.strategies)
+
+    def validate(self, n_groups: int) -> None:
+        for s in self.strategies:
+            s.validate(n_groups)
+
+    def config(self) -> dict[str, Any]:
+        return {"name": "Composed", "strategies": [s.config() for s in self.strategies]}
+
+    def __repr__(self) -> str:
+        return "[" + ", ".join(repr(s) for s in self.strategies) + "]"
+
+
+def resolve_strategy(strategy: Strategy | Sequence[Strategy] | None) -> Strategy:
+    """None -> FullFineTune(); a list -> Composed; a Strategy as is; anything else a clear error."""
+    from finetunekit.strategies.builtin import FullFineTune
+
+    if strategy is None:
+        return FullFineTune()
+    if isinstance(strategy, Strategy):
+        return strategy
+    if isinstance(strategy, (list, tuple)):
+        return strategy[0] if len(strategy) == 1 and isinstance(strategy[0], Strategy) else Composed(strategy)
+    if isinstance(strategy, type) and issubclass(strategy, Strategy):
+        raise ConfigError(f"strategy={strategy.__name__} is a class; pass an instance: {strategy.__name__}()")
+    raise ConfigError(
+        f"strategy={strategy!r} is not a Strategy; expected e.g. FullFineTune(), FrozenBackbone(), "
+        f"GradualUnfreeze(every=1), DiscriminativeLR(0.5), LPFT(probe_epochs=2) or a list of them"
+    )
