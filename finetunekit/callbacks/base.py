@@ -1,0 +1,275 @@
+"""The callback base class and the list that dispatches hooks to callbacks, in Keras vocabulary.
+
+Keras users already know ``on_epoch_end(epoch, logs)`` and ``self.model.stop_training = True``; we keep
+those names so their callbacks port by renaming ``self.model.stop_training`` to
+``self.tuner.stop_training`` (``self.model`` here is the ``nn.Module``, which has no such flag).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+Logs = dict[str, Any]
+
+#: Every hook a callback can implement, in the order a ``fit`` with validation calls them.
+HOOK_NAMES: tuple[str, ...] = (
+    "on_train_begin",
+    "on_epoch_begin",
+    "on_train_batch_begin",
+    "on_train_batch_end",
+    "on_test_begin",
+    "on_test_batch_begin",
+    "on_test_batch_end",
+    "on_test_end",
+    "on_epoch_end",
+    "on_train_end",
+    "on_predict_begin",
+    "on_predict_batch_begin",
+    "on_predict_batch_end",
+    "on_predict_end",
+    # Keras 2 aliases of the train-batch hooks, kept so ported callbacks still fire.
+    "on_batch_begin",
+    "on_batch_end",
+)
+
+
+class Callback:
+    """Base of every callback: all hooks are no-ops, so a subclass overrides only what it needs.
+
+    ``self.tuner`` is the :class:`~finetunekit.FineTuner` running the loop (set ``self.tuner.stop_training
+    = True`` to stop after the current epoch), ``self.model`` its ``nn.Module`` and ``self.params`` the
+    Keras dict ``{"epochs", "steps", "verbose"}``. Callbacks with state worth resuming override
+    :meth:`state_dict` / :meth:`load_state_dict` with JSON-friendly values (decision 6: state is JSON).
+    """
+
+    def __init__(self) -> None:
+        self.tuner: Any = None
+        self.params: dict[str, Any] = {}
+
+    def set_tuner(self, tuner: Any) -> None:
+        self.tuner = tuner
+
+    def set_params(self, params: Mapping[str, Any]) -> None:
+        self.params = dict(params)
+
+    @property
+    def model(self) -> nn.Module:
+        # AttributeError (not RuntimeError) so ``hasattr(cb, "model")`` stays a plain question.
+        if self.tuner is None:
+            raise AttributeError(
+                f"{type(self).__name__}.model is not available yet: the callback gets its tuner when "
+                "fit/evaluate/predict starts (or call set_tuner(tuner) yourself)."
+            )
+        model: nn.Module = self.tuner.model
+        return model
+
+    # -- state (for BackupAndRestore and checkpoints) -------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-friendly state to resume from; stateless callbacks have none."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned; stateless callbacks accept anything."""
+
+    # -- hooks -----------------------------------------------------------------------------------------
+    def on_train_begin(self, logs: Logs | None = None) -> None:
+        """Called once at the start of ``fit``."""
+
+    def on_train_end(self, logs: Logs | None = None) -> None:
+        """Called once at the end of ``fit``, also after an early stop."""
+
+    def on_epoch_begin(self, epoch: int, logs: Logs | None = None) -> None:
+        """Called at the start of each epoch; ``epoch`` is 0-based and counts from ``initial_epoch``."""
+
+    def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
+        """Called after each epoch (and its validation) with train and ``val_`` metrics in ``logs``."""
+
+    def on_train_batch_begin(self, batch: int, logs: Logs | None = None) -> None:
+        self.on_batch_begin(batch, logs=logs)
+
+    def on_train_batch_end(self, batch: int, logs: Logs | None = None) -> None:
+        self.on_batch_end(batch, logs=logs)
+
+    def on_batch_begin(self, batch: int, logs: Logs | None = None) -> None:
+        """Keras 2 alias: called by the default :meth:`on_train_batch_begin`."""
+
+    def on_batch_end(self, batch: int, logs: Logs | None = None) -> None:
+        """Keras 2 alias: called by the default :meth:`on_train_batch_end`."""
+
+    def on_test_begin(self, logs: Logs | None = None) -> None:
+        """Called at the start of ``evaluate`` and of each validation pass inside ``fit``."""
+
+    def on_test_end(self, logs: Logs | None = None) -> None:
+        """Called at the end of ``evaluate`` / a validation pass, with its metrics."""
+
+    def on_test_batch_begin(self, batch: int, logs: Logs | None = None) -> None:
+        """Called before each evaluation batch."""
+
+    def on_test_batch_end(self, batch: int, logs: Logs | None = None) -> None:
+        """Called after each evaluation batch."""
+
+    def on_predict_begin(self, logs: Logs | None = None) -> None:
+        """Called at the start of ``predict``."""
+
+    def on_predict_end(self, logs: Logs | None = None) -> None:
+        """Called at the end of ``predict``."""
+
+    def on_predict_batch_begin(self, batch: int, logs: Logs | None = None) -> None:
+        """Called before each prediction batch."""
+
+    def on_predict_batch_end(self, batch: int, logs: Logs | None = None) -> None:
+        """Called after each prediction batch."""
+
+
+def pythonify_logs(logs: Mapping[str, Any] | None) -> Logs:
+    """A new logs dict whose scalar tensors and numpy scalars are Python numbers.
+
+    Decision 5 says logs hold floats; the loop already sends floats, this is the safety net. ``.item()``
+    returns a plain number, so no autograd graph or device memory is kept alive by a callback storing
+    logs (the classic "History leaks GPU memory" bug).
+    """
+    if not logs:
+        return {}
+    out: Logs = {}
+    for key, value in logs.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = float(value.detach().item())
+        elif isinstance(value, np.generic):
+            value = value.item()
+        out[key] = value
+    return out
+
+
+class CallbackList(Callback):
+    """Dispatches every hook to its callbacks, in order, with Python-float logs.
+
+    All callbacks of one call receive the *same* logs dict, so a callback that adds a key (as
+    ReduceLROnPlateau adds ``lr``) is seen by those after it; that is why :class:`History` goes last.
+    """
+
+    def __init__(
+        self,
+        callbacks: Iterable[Callback] | None = None,
+        tuner: Any = None,
+        add_history: bool = False,
+        add_progbar: bool = False,
+        verbose: int = 1,
+        epochs: int | None = None,
+        steps: int | None = None,
+        **params: Any,
+    ) -> None:
+        super().__init__()
+        self.callbacks: list[Callback] = list(callbacks) if callbacks else []
+        self._history: Any = None
+        self._progbar: Any = None
+        self._add_default_callbacks(add_history, add_progbar and verbose != 0)
+        if tuner is not None:
+            self.set_tuner(tuner)
+        self.set_params({"epochs": epochs, "steps": steps, "verbose": verbose, **params})
+
+    def _add_default_callbacks(self, add_history: bool, add_progbar: bool) -> None:
+        # Imported here: history and progbar import this module.
+        from finetunekit.callbacks.history import History
+        from finetunekit.callbacks.progbar import ProgbarLogger
+
+        for cb in self.callbacks:
+            if isinstance(cb, History):
+                self._history = cb
+            elif isinstance(cb, ProgbarLogger):
+                self._progbar = cb
+        if self._history is None and add_history:
+            self._history = History()
+            self.callbacks.append(self._history)
+        if self._progbar is None and add_progbar:
+            self._progbar = ProgbarLogger()
+            self.callbacks.append(self._progbar)
+
+    @property
+    def history(self) -> Any:
+        """The :class:`History` in this list (added by ``add_history=True``), or None."""
+        return self._history
+
+    def append(self, callback: Callback) -> None:
+        callback.set_tuner(self.tuner)
+        callback.set_params(self.params)
+        self.callbacks.append(callback)
+
+    def __iter__(self) -> Iterator[Callback]:
+        return iter(self.callbacks)
+
+    def __len__(self) -> int:
+        return len(self.callbacks)
+
+    def set_tuner(self, tuner: Any) -> None:
+        super().set_tuner(tuner)
+        for cb in self.callbacks:
+            cb.set_tuner(tuner)
+
+    def set_params(self, params: Mapping[str, Any]) -> None:
+        super().set_params(params)
+        for cb in self.callbacks:
+            cb.set_params(params)
+
+    # -- dispatch --------------------------------------------------------------------------------------
+    def _call(self, hook: str, logs: Mapping[str, Any] | None) -> None:
+        clean = pythonify_logs(logs)
+        for cb in self.callbacks:
+            getattr(cb, hook)(clean)
+
+    def _call_indexed(self, hook: str, index: int, logs: Mapping[str, Any] | None) -> None:
+        clean = pythonify_logs(logs)
+        for cb in self.callbacks:
+            getattr(cb, hook)(index, clean)
+
+    def on_train_begin(self, logs: Logs | None = None) -> None:
+        self._call("on_train_begin", logs)
+
+    def on_train_end(self, logs: Logs | None = None) -> None:
+        self._call("on_train_end", logs)
+
+    def on_epoch_begin(self, epoch: int, logs: Logs | None = None) -> None:
+        self._call_indexed("on_epoch_begin", epoch, logs)
+
+    def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
+        self._call_indexed("on_epoch_end", epoch, logs)
+
+    def on_train_batch_begin(self, batch: int, logs: Logs | None = None) -> None:
+        self._call_indexed("on_train_batch_begin", batch, logs)
+
+    def on_train_batch_end(self, batch: int, logs: Logs | None = None) -> None:
+        self._call_indexed("on_train_batch_end", batch, logs)
+
+    def on_batch_begin(self, batch: int, logs: Logs | None = None) -> None:
+        self.on_train_batch_begin(batch, logs)
+
+    def on_batch_end(self, batch: int, logs: Logs | None = None) -> None:
+        self.on_train_batch_end(batch, logs)
+
+    def on_test_begin(self, logs: Logs | None = None) -> None:
+        self._call("on_test_begin", logs)
+
+    def on_test_end(self, logs: Logs | None = None) -> None:
+        self._call("on_test_end", logs)
+
+    def on_test_batch_begin(self, batch: int, logs: Logs | None = None) -> None:
+        self._call_indexed("on_test_batch_begin", batch, logs)
+
+    def on_test_batch_end(self, batch: int, logs: Logs | None = None) -> None:
+        self._call_indexed("on_test_batch_end", batch, logs)
+
+    def on_predict_begin(self, logs: Logs | None = None) -> None:
+        self._call("on_predict_begin", logs)
+
+    def on_predict_end(self, logs: Logs | None = None) -> None:
+        self._call("on_predict_end", logs)
+
+    def on_predict_batch_begin(self, batch: int, logs: Logs | None = None) -> None:
+        self._call_indexed("on_predict_batch_begin", batch, logs)
+
+    def on_predict_batch_end(self, batch: int, logs: Logs | None = None) -> None:
+        self._call_indexed("on_predict_batch_end", batch, logs)
