@@ -31,7 +31,7 @@ class DataConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DataConfig:
         return cls(
-            input_size=tuple(d["input_size"]),  # type: ignore[arg-type]
+            input_size=tuple(d["input_size"]),
             mean=tuple(d["mean"]),
             std=tuple(d["std"]),
             interpolation=str(d.get("interpolation", "bilinear")),
@@ -80,6 +80,8 @@ def check_groups(model: nn.Module, groups: list[LayerGroup]) -> None:
     missing = [n for n in names if n not in seen]
     extra = [n for n in seen if n not in set(names)]
     if missing or extra:
-        raise AssertionError(f"layer groups do not cover the model: missing {missing[:5]}, unknown {extra[:5]}")
+        raise AssertionError(
+            f"layer groups do not cover the model: missing {missing[:5]}, unknown {extra[:5]}"
+        )
     if any(not g.param_names for g in groups):
         raise AssertionError(f"empty layer group in {[g.name for g in groups]}")

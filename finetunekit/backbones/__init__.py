@@ -1,0 +1,182 @@
+"""Turn a name or a module into a :class:`Backbone`: fresh head, ordered layer groups, data config.
+
+``"timm/<name>"`` and ``"torchvision/<name>"`` pick a registry; a bare name tries timm first (its
+models carry richer metadata), then torchvision; an ``nn.Module`` is used as given. timm and
+torchvision are imported inside the functions so ``import finetunekit`` stays fast.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import BackboneNotFoundError, ConfigError
+from .base import Backbone, DataConfig, LayerGroup, check_groups
+
+__all__ = [
+    "Backbone",
+    "DataConfig",
+    "LayerGroup",
+    "build_backbone",
+    "check_groups",
+    "list_backbones",
+    "rebuild_backbone",
+]
+
+REGISTRIES = ("timm", "torchvision")
+
+
+def _registry_names(registry: str) -> list[str]:
+    if registry == "timm":
+        from . import timm_adapter
+
+        return timm_adapter.all_names()
+    from . import torchvision_adapter
+
+    return torchvision_adapter.all_names()
+
+
+def _not_found(spec: str, registries: tuple[str, ...]) -> BackboneNotFoundError:
+    name = spec.split("/", 1)[-1]
+    pairs = [(f"{r}/{n}", n) for r in registries for n in _registry_names(r)]
+    close = difflib.get_close_matches(name, sorted({n for _, n in pairs}), n=5, cutoff=0.6)
+    rank = {c: i for i, c in enumerate(close)}
+    suggestions = sorted((full for full, n in pairs if n in rank), key=lambda f: rank[f.split("/", 1)[1]])
+    return BackboneNotFoundError(
+        f"backbone {spec!r} is not in {' or '.join(registries)}. Expected 'timm/<name>', "
+        f"'torchvision/<name>', a bare registry name or an nn.Module. "
+        f"Closest names: {suggestions or 'none'}. "
+        "Fix: use one of these, or see finetunekit.backbones.list_backbones('*pattern*')."
+    )
+
+
+def resolve_spec(spec: str) -> tuple[str, str]:
+    """``(registry, name)`` for a spec string; raises BackboneNotFoundError with close names."""
+    from . import timm_adapter, torchvision_adapter
+
+    registry, sep, name = spec.partition("/")
+    if sep and registry in REGISTRIES:
+        found = timm_adapter.has_model(name) if registry == "timm" else torchvision_adapter.has_model(name)
+        if not found:
+            raise _not_found(spec, (registry,))
+        return registry, name
+    if timm_adapter.has_model(spec):
+        return "timm", spec
+    if torchvision_adapter.has_model(spec):
+        return "torchvision", spec
+    raise _not_found(spec, REGISTRIES)
+
+
+def _check_args(num_classes: int, in_chans: int, image_size: Any) -> None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError(
+            f"num_classes={num_classes!r}: expected an int >= 1. Fix: pass e.g. num_classes=10."
+        )
+    if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
+        raise ConfigError(f"in_chans={in_chans!r}: expected an int >= 1 (1 gray, 3 RGB). Fix: in_chans=3.")
+    sizes = [image_size] if isinstance(image_size, int) else list(image_size or [])
+    if image_size is not None and (
+        len(sizes) not in (1, 2) or not all(isinstance(s, int) and s > 0 for s in sizes)
+    ):
+        raise ConfigError(
+            f"image_size={image_size!r}: expected a positive int or (height, width). Fix: e.g. image_size=64."
+        )
+
+
+def build_backbone(
+    spec: str | nn.Module,
+    num_classes: int,
+    *,
+    pretrained: bool = True,
+    weights: str | os.PathLike[str] | Mapping[str, torch.Tensor] | None = None,
+    in_chans: int = 3,
+    image_size: int | tuple[int, int] | None = None,
+    head: str | None = None,
+) -> Backbone:
+    """A :class:`Backbone` with a fresh ``num_classes`` head.
+
+    ``weights`` (a local file or state dict) take precedence over ``pretrained``: nothing is
+    downloaded when they are given. ``head`` only applies to ``nn.Module`` specs, whose own
+    weights are kept (``pretrained`` is ignored for them).
+    """
+    _check_args(num_classes, in_chans, image_size)
+    if isinstance(image_size, list):
+        image_size = (image_size[0], image_size[1])
+    if isinstance(spec, nn.Module):
+        from .generic import build_module
+
+        return build_module(
+            spec, num_classes, head=head, weights=weights, in_chans=in_chans, image_size=image_size
+        )
+    if not isinstance(spec, str):
+        raise ConfigError(
+            f"backbone {spec!r} ({type(spec).__name__}): expected a name like 'timm/resnet18' or an "
+            "nn.Module. Fix: pass a string or a model instance."
+        )
+    if head is not None:
+        raise ConfigError(
+            f"head={head!r} with backbone {spec!r}: head= only applies to nn.Module backbones; registry "
+            "models know their classifier. Fix: drop head=."
+        )
+    registry, name = resolve_spec(spec)
+    kwargs: dict[str, Any] = {
+        "pretrained": pretrained,
+        "weights": weights,
+        "in_chans": in_chans,
+        "image_size": image_size,
+    }
+    if registry == "timm":
+        from .timm_adapter import build_timm
+
+        return build_timm(name, num_classes, **kwargs)
+    from .torchvision_adapter import build_torchvision
+
+    return build_torchvision(name, num_classes, **kwargs)
+
+
+def rebuild_backbone(build_kwargs: dict, num_classes: int) -> Backbone:
+    """The same architecture from :attr:`Backbone.build_kwargs`, randomly initialized, offline.
+
+    Used by ``FineTuner.load`` before it loads the saved weights over it.
+    """
+    registry = build_kwargs.get("registry")
+    if registry == "module":
+        raise ConfigError(
+            f"this model was built from a custom module ({build_kwargs.get('class')}), which finetunekit "
+            "cannot recreate from its config. Expected a registry backbone. Fix: construct the module "
+            "yourself and pass it: FineTuner.load(path, model=MyNet())."
+        )
+    if registry not in REGISTRIES or "name" not in build_kwargs:
+        raise ConfigError(
+            f"build_kwargs={build_kwargs!r}: expected {{'registry': 'timm'|'torchvision', 'name': ...}}. "
+            "Fix: pass the dict saved as Backbone.build_kwargs, unmodified."
+        )
+    size = build_kwargs.get("image_size")
+    return build_backbone(
+        f"{registry}/{build_kwargs['name']}",
+        num_classes,
+        pretrained=False,
+        in_chans=int(build_kwargs.get("in_chans", 3)),
+        image_size=(int(size[0]), int(size[1])) if size is not None else None,
+    )
+
+
+def list_backbones(pattern: str = "*") -> list[str]:
+    """``"timm/<name>"`` and ``"torchvision/<name>"`` ids matching a shell-style ``pattern``.
+
+    The pattern is matched against both the full id and the bare name, so ``"resnet1*"`` and
+    ``"torchvision/resnet*"`` both work.
+    """
+    out = []
+    for registry in REGISTRIES:
+        for name in _registry_names(registry):
+            full = f"{registry}/{name}"
+            if fnmatch.fnmatchcase(full, pattern) or fnmatch.fnmatchcase(name, pattern):
+                out.append(full)
+    return out

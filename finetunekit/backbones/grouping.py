@@ -1,0 +1,123 @@
+"""Ordered, named layer groups from timm-style matchers, with the classifier always last and alone.
+
+timm's ``group_matcher`` vocabulary (``{"stem": regex, "blocks": [(regex, None), (regex, (99999,))]}``)
+already describes stage boundaries for hundreds of models, so torchvision families and plain modules
+reuse it instead of inventing a second format. timm's ``group_with_matcher`` does the grouping; this
+module only names the groups and enforces our invariant that the last group is exactly the new head.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from torch import nn
+
+from .base import LayerGroup
+
+MATCH_PREV = 99999.0
+Matcher = dict[str, Any] | Callable[[str], Any]
+
+
+def groups_from_matcher(model: nn.Module, matcher: Matcher) -> list[LayerGroup]:
+    """Group ``model``'s parameters with timm's own algorithm, ordered input -> output."""
+    from timm.models._manipulate import group_with_matcher
+
+    names = [n for n, _ in model.named_parameters()]
+    by_id = group_with_matcher(((n, n) for n in names), matcher)
+    raw = [list(by_id[i]) for i in sorted(by_id)]
+    labels = [_group_label(g, matcher) for g in raw]
+    return [LayerGroup(name, params) for name, params in zip(_unique(labels), raw, strict=True)]
+
+
+def _compiled(matcher: Mapping[str, Any]) -> list[tuple[str, re.Pattern[str], Any]]:
+    out = []
+    for key, spec in matcher.items():
+        if spec is None:
+            continue
+        specs = spec if isinstance(spec, (list, tuple)) else [(spec, None)]
+        out += [(key, re.compile(pattern), suffix) for pattern, suffix in specs]
+    return out
+
+
+def _group_label(params: list[str], matcher: Matcher) -> str:
+    """Name a group after the rule that opened it, not the params merged into it (MATCH_PREV).
+
+    A matcher key without captures (``stem``) is already a name. A rule with captures (timm's
+    ``blocks``: ``^layer(\\d+)``) is named by the text it matched (``layer1``, ``blocks.3``,
+    ``stages.0``), which is the module path a user sees in ``print(model)``.
+    """
+    if not isinstance(matcher, Mapping):
+        return common_module_prefix(params) or "group"
+    rules = _compiled(matcher)
+    for name in params:
+        for key, rx, suffix in rules:
+            m = rx.match(name)
+            if m is None:
+                continue
+            if suffix is not None:
+                break  # merged into a previous group: does not name this one
+            return m.group(0).rstrip(".") if any(g is not None for g in m.groups()) else key
+    return common_module_prefix(params) or "group"
+
+
+def common_module_prefix(param_names: list[str]) -> str:
+    """Longest dotted module path shared by all params (``layer1`` for ``layer1.0.conv1.weight``...)."""
+    if not param_names:
+        return ""
+    parts = [n.split(".")[:-1] for n in param_names]
+    prefix: list[str] = []
+    for tokens in zip(*parts, strict=False):
+        if len(set(tokens)) != 1:
+            break
+        prefix.append(tokens[0])
+    return ".".join(prefix)
+
+
+def _unique(labels: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if seen[label] == 1 else f"{label}_{seen[label]}")
+    return out
+
+
+def top_level_groups(model: nn.Module) -> list[LayerGroup]:
+    """Generic fallback: one group per top-level child, in registration order.
+
+    Children without parameters (pooling, activations) vanish; parameters owned by the root module
+    itself (a ``cls_token``) join the group that follows them, since they feed the first layers.
+    """
+    groups: list[LayerGroup] = []
+    pending: list[str] = []
+    for name, _ in model.named_parameters():
+        child, dot, _ = name.partition(".")
+        if not dot:
+            pending.append(name)
+        elif groups and groups[-1].name == child:
+            groups[-1].param_names.append(name)
+        else:
+            groups.append(LayerGroup(child, [*pending, name]))
+            pending = []
+    if pending:
+        groups.append(LayerGroup("params", pending))
+    return groups
+
+
+def finalize_groups(groups: list[LayerGroup], head_params: list[str]) -> list[LayerGroup]:
+    """Make the last group exactly ``head_params`` (named ``head``).
+
+    Whatever else sat in the classifier's group (a final norm, pre-logits, hidden MLP layers of
+    VGG / MobileNetV3) is pretrained, so it joins the previous group rather than training with the
+    freshly initialized head: "train the head first" must mean only the new layer.
+    """
+    head = set(head_params)
+    had_head_last = bool(groups) and any(n in head for n in groups[-1].param_names)
+    body = [LayerGroup(g.name, [n for n in g.param_names if n not in head]) for g in groups]
+    if had_head_last and len(body) > 1 and body[-1].param_names:
+        body[-2].param_names.extend(body[-1].param_names)
+        body.pop()
+    body = [g for g in body if g.param_names]
+    return [*body, LayerGroup("head", list(head_params))]

@@ -1,0 +1,120 @@
+"""timm models as :class:`Backbone`: timm already knows its heads, stages and preprocessing.
+
+We use ``get_classifier`` / ``reset_classifier`` for the head, ``group_matcher(coarse=True)`` for the
+stages and ``resolve_model_data_config`` for preprocessing, so every timm architecture works without
+a table of our own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ..errors import PretrainedWeightsUnavailableError
+from .base import Backbone, check_groups
+from .common import (
+    make_data_config,
+    module_path,
+    no_weight_decay_names,
+    param_names_under,
+    state_keys_under,
+    to_hw,
+)
+from .grouping import finalize_groups, groups_from_matcher, top_level_groups
+from .weights import WeightsSource, load_weights
+
+
+def has_model(name: str) -> bool:
+    import timm
+
+    return bool(timm.is_model(name))
+
+
+def all_names() -> list[str]:
+    import timm
+
+    return list(timm.list_models())
+
+
+def _fixed_input_size(name: str) -> bool:
+    """ViT-like models bake the input size into position embeddings; others take any size."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name, allow_unregistered=True)
+    return bool(cfg is not None and getattr(cfg, "fixed_input_size", False))
+
+
+def _create(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
+    import timm
+
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except (OSError, RuntimeError) as e:
+        if not pretrained:
+            raise
+        raise PretrainedWeightsUnavailableError(
+            f"pretrained weights for 'timm/{name}' could not be downloaded or found in the cache "
+            f"({type(e).__name__}: {str(e)[:160]}). Expected network access to the Hugging Face Hub "
+            "or a cached copy. Fix: pass weights='path/to/file.safetensors' (or .pth) with local "
+            "weights, or pretrained=False to start from random init."
+        ) from e
+
+
+def head_paths(model: nn.Module) -> list[str]:
+    """Attribute paths of timm's classifier(s); distilled models (DeiT) have two."""
+    heads = model.get_classifier()  # type: ignore[operator]
+    heads = heads if isinstance(heads, (tuple, list)) else (heads,)
+    return [module_path(model, h) for h in heads]
+
+
+def timm_groups(model: nn.Module, paths: list[str]) -> list:
+    """timm's coarse stage groups, with exactly the classifier's params last."""
+    head = [n for p in paths for n in param_names_under(model, p)]
+    try:
+        raw = groups_from_matcher(model, model.group_matcher(coarse=True))  # type: ignore[operator]
+    except (AttributeError, NotImplementedError):
+        raw = top_level_groups(model)
+    return finalize_groups(raw, head)
+
+
+def build_timm(
+    name: str,
+    num_classes: int,
+    *,
+    pretrained: bool,
+    weights: WeightsSource | None,
+    in_chans: int,
+    image_size: int | tuple[int, int] | None,
+) -> Backbone:
+    """Create ``name`` with a fresh ``num_classes`` head; local ``weights`` win over ``pretrained``."""
+    from timm.data import resolve_model_data_config
+
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans}
+    if image_size is not None and _fixed_input_size(name):
+        kwargs["img_size"] = to_hw(image_size)
+    use_registry = pretrained and weights is None
+    model = _create(name, use_registry, kwargs)
+    if weights is not None:
+        head_keys = [k for p in head_paths(model) for k in state_keys_under(model, p)]
+        load_weights(model, weights, head_keys, f"timm/{name}")
+    if use_registry:  # timm keeps the pretrained classifier when num_classes matches: always start fresh
+        model.reset_classifier(num_classes)  # type: ignore[operator]
+    paths = head_paths(model)
+    groups = timm_groups(model, paths)
+    check_groups(model, groups)
+    extra = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()  # type: ignore[operator]
+    return Backbone(
+        model=model,
+        groups=groups,
+        data_config=make_data_config(resolve_model_data_config(model), in_chans, image_size),
+        spec=f"timm/{name}",
+        head_path=paths[0],
+        no_weight_decay=no_weight_decay_names(model, extra),
+        build_kwargs=build_kwargs("timm", name, in_chans, image_size),
+    )
+
+
+def build_kwargs(registry: str, name: str, in_chans: int, image_size: Any) -> dict[str, Any]:
+    size = list(to_hw(image_size)) if image_size is not None else None
+    return {"registry": registry, "name": name, "in_chans": in_chans, "image_size": size}
