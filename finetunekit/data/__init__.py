@@ -1,0 +1,6 @@
+"""Turn what users pass to fit/evaluate/predict into DataLoaders, Keras-style (see docs/data.md)."""
+
+from finetunekit.data.loaders import make_loader, split_validation
+from finetunekit.data.prepare import PreparedData, prepare_data
+
+__all__ = ["PreparedData", "make_loader", "prepare_data", "split_validation"]
