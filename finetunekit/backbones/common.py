@@ -10,7 +10,6 @@ import fnmatch
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import torch
 from torch import nn
 
 from .base import IMAGENET_MEAN, IMAGENET_STD, DataConfig
@@ -139,10 +138,3 @@ def _matches(name: str, patterns: set[str]) -> bool:
     if name in patterns:
         return True
     return any(name.endswith("." + p) or fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
-def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    p = next(model.parameters(), None)
-    if p is None:
-        return torch.device("cpu"), torch.get_default_dtype()
-    return p.device, p.dtype
