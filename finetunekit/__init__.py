@@ -1,6 +1,30 @@
-"""finetunekit: fine-tune pretrained vision models with a Keras-style API."""
+"""finetunekit: fine-tune pretrained vision models with a Keras-style API.
+
+``FineTuner`` is imported lazily so ``import finetunekit`` stays fast (torch, timm and torchvision load
+on first use).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from finetunekit.errors import FineTuneKitError
 
-__all__ = ["FineTuneKitError"]
+if TYPE_CHECKING:
+    from finetunekit.backbones import list_backbones
+    from finetunekit.tuner import FineTuner
+
+__all__ = ["FineTuneKitError", "FineTuner", "list_backbones"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "FineTuner":
+        from finetunekit.tuner import FineTuner
+
+        return FineTuner
+    if name == "list_backbones":
+        from finetunekit.backbones import list_backbones
+
+        return list_backbones
+    raise AttributeError(f"module 'finetunekit' has no attribute {name!r}")

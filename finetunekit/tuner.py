@@ -1,0 +1,367 @@
+"""FineTuner: a pretrained backbone with a new head, trained Keras-style with a fine-tuning strategy.
+
+The object owns the model, its ordered layer groups, the strategy and (after ``compile``) the optimizer.
+``fit`` is the loop; what happens inside one epoch lives in :mod:`finetunekit.loop`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from finetunekit import loop, saving
+from finetunekit.backbones import build_backbone, rebuild_backbone
+from finetunekit.backbones.base import Backbone, DataConfig
+from finetunekit.callbacks import Callback, CallbackList, History
+from finetunekit.data import PreparedData, make_loader, prepare_data, split_validation
+from finetunekit.errors import CheckpointError, ConfigError
+from finetunekit.metrics import check_metrics
+from finetunekit.optim import (
+    apply_plan,
+    build_param_groups,
+    group_params,
+    make_optimizer,
+    norm_modules_by_group,
+)
+from finetunekit.schedules import get_schedule
+from finetunekit.strategies import Plan, Strategy, check_plan, resolve_strategy
+from finetunekit.summary import format_summary
+from finetunekit.validation import check_fit_args, check_positive_int, resolve_device
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    """What ``ft.groups`` shows: a layer group's name and size."""
+
+    name: str
+    num_params: int
+    param_names: tuple[str, ...]
+
+    def __repr__(self) -> str:
+        return f"GroupInfo(name={self.name!r}, num_params={self.num_params:,})"
+
+
+@dataclass
+class CompileConfig:
+    optimizer: Any
+    lr: float
+    weight_decay: float
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    metrics: list[str]
+    schedule: Any
+    schedule_kwargs: dict[str, Any]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class FineTuner:
+    """Fine-tune a timm / torchvision / custom backbone with a Keras-style API. See DESIGN.md."""
+
+    def __init__(
+        self,
+        backbone: str | nn.Module,
+        num_classes: int,
+        *,
+        pretrained: bool = True,
+        weights: str | os.PathLike[str] | Mapping[str, torch.Tensor] | None = None,
+        strategy: Strategy | Sequence[Strategy] | None = None,
+        image_size: int | tuple[int, int] | None = None,
+        in_chans: int = 3,
+        device: str | torch.device = "auto",
+        seed: int | None = None,
+        head: str | None = None,
+        class_names: Sequence[str] | None = None,
+    ):
+        check_positive_int("num_classes", num_classes)
+        check_positive_int("in_chans", in_chans)
+        self.seed = seed
+        if seed is not None:
+            seed_everything(seed)
+        self.device = resolve_device(device)
+        self.strategy = resolve_strategy(strategy)
+        built = build_backbone(
+            backbone,
+            num_classes,
+            pretrained=pretrained and weights is None,
+            weights=weights,
+            in_chans=in_chans,
+            image_size=image_size,
+            head=head,
+        )
+        self._init_from_backbone(built, num_classes, in_chans, class_names)
+
+    def _init_from_backbone(
+        self, built: Backbone, num_classes: int, in_chans: int, class_names: Sequence[str] | None
+    ) -> None:
+        self._backbone = built
+        self.model = built.model.to(self.device)
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.class_names = list(class_names) if class_names is not None else None
+        self.strategy.validate(len(built.groups))
+        self.stop_training = False
+        self.history: History | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._compiled: CompileConfig | None = None
+        self._planned_epochs: int | None = None
+        self._params_by_group = group_params(self.model, built.groups)
+        self._norms_by_group = norm_modules_by_group(self.model, built.groups)
+
+    # ----------------------------------------------------------------------------------- properties
+    @property
+    def groups(self) -> list[GroupInfo]:
+        """Layer groups, ordered input -> head, with parameter counts."""
+        return [
+            GroupInfo(g.name, sum(p.numel() for p in ps), tuple(g.param_names))
+            for g, ps in zip(self._backbone.groups, self._params_by_group)
+        ]
+
+    @property
+    def data_config(self) -> DataConfig:
+        """Preprocessing used for uint8 images: size, mean, std, interpolation, from the weights."""
+        return self._backbone.data_config
+
+    @property
+    def spec(self) -> str:
+        return self._backbone.spec
+
+    # -------------------------------------------------------------------------------------- compile
+    def compile(
+        self,
+        optimizer: str | Callable[..., torch.optim.Optimizer] = "adamw",
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "cross_entropy",
+        metrics: Sequence[str] = ("accuracy",),
+        schedule: Any = "one_cycle",
+        label_smoothing: float = 0.0,
+        schedule_kwargs: Mapping[str, Any] | None = None,
+    ) -> FineTuner:
+        """Choose optimizer, LR, loss, metrics and LR schedule. Every layer group enters the optimizer
+        now, frozen or not, so nothing is added mid-run (DESIGN decision 2)."""
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+            raise ConfigError(f"lr={lr!r} is invalid; expected a float > 0, e.g. 1e-3")
+        if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or weight_decay < 0:
+            raise ConfigError(f"weight_decay={weight_decay!r} is invalid; expected a float >= 0, e.g. 0.01")
+        if isinstance(metrics, str):
+            metrics = [metrics]
+        groups = build_param_groups(self.model, self._backbone.groups, self._backbone.no_weight_decay, weight_decay)
+        self.optimizer = make_optimizer(optimizer, groups, float(lr))
+        get_schedule(schedule, 1, **dict(schedule_kwargs or {}))  # fail now, not at fit
+        self._compiled = CompileConfig(
+            optimizer=optimizer,
+            lr=float(lr),
+            weight_decay=float(weight_decay),
+            loss_fn=_resolve_loss(loss, label_smoothing),
+            metrics=check_metrics(metrics),
+            schedule=schedule,
+            schedule_kwargs=dict(schedule_kwargs or {}),
+        )
+        return self
+
+    # ------------------------------------------------------------------------------------------ fit
+    def fit(
+        self,
+        x: Any = None,
+        y: Any = None,
+        batch_size: int = 32,
+        epochs: int = 1,
+        verbose: int | str = "auto",
+        callbacks: Sequence[Callback] | None = None,
+        validation_split: float = 0.0,
+        validation_data: Any = None,
+        shuffle: bool = True,
+        initial_epoch: int = 0,
+        augment: bool = True,
+    ) -> History:
+        """Train for ``epochs`` epochs (Keras semantics) and return the History.
+
+        Event order: on_train_begin; per epoch: plan applied (requires_grad, BN modes), on_epoch_begin,
+        per batch on_train_batch_begin / LR write / step / on_train_batch_end, then validation
+        (on_test_begin/end) and on_epoch_end(logs with val_ keys); finally on_train_end.
+        """
+        verbose = check_fit_args(batch_size, epochs, initial_epoch, validation_split, verbose)
+        if self._compiled is None:
+            self.compile()
+        assert self._compiled is not None and self.optimizer is not None
+        if self.seed is not None:
+            seed_everything(self.seed)
+        train, val = self._fit_data(x, y, validation_split, validation_data, augment)
+        loader = make_loader(train, batch_size=batch_size, shuffle=shuffle, seed=self.seed)
+        val_loader = make_loader(val, batch_size=batch_size, shuffle=False, seed=None) if val else None
+        steps = _num_batches(loader)
+        cbs = CallbackList(
+            list(callbacks or []), tuner=self, add_history=True, add_progbar=verbose != 0,
+            verbose=verbose, epochs=epochs, steps=steps,
+        )  # fmt: skip
+        ctx = self._train_context(steps, epochs)
+        self._planned_epochs = epochs
+        self.stop_training = False
+        logs: dict[str, float] = {}
+        cbs.on_train_begin()
+        for epoch in range(initial_epoch, epochs):
+            plan = self._apply_plan(epoch)
+            cbs.on_epoch_begin(epoch)
+            logs = loop.train_epoch(ctx, loader, epoch, plan, cbs, self)
+            if val_loader is not None:
+                val_logs = loop.evaluate_loader(self.model, val_loader, ctx.loss_fn, ctx.metrics, self.device, cbs)
+                logs.update({f"val_{k}": v for k, v in val_logs.items()})
+            cbs.on_epoch_end(epoch, logs)
+            if self.stop_training:
+                break
+        cbs.on_train_end(logs)
+        self.history = cbs.history
+        return cbs.history
+
+    def _fit_data(
+        self, x: Any, y: Any, validation_split: float, validation_data: Any, augment: bool
+    ) -> tuple[PreparedData, PreparedData | None]:
+        train = self._prepare(x, y, augment=augment, what="x")
+        if self.class_names is None and train.class_names is not None:
+            self.class_names = list(train.class_names)
+        if validation_data is not None:
+            vx, vy = validation_data if isinstance(validation_data, tuple) else (validation_data, None)
+            return train, self._prepare(vx, vy, augment=False, what="validation_data")
+        if validation_split:
+            return split_validation(train, validation_split, self.seed)
+        return train, None
+
+    def _prepare(self, x: Any, y: Any, *, augment: bool, what: str, require_labels: bool = True) -> PreparedData:
+        if x is None:
+            raise ConfigError(f"{what} is None; pass images (array, tensor, Dataset, DataLoader or folder path)")
+        return prepare_data(
+            x, y, data_config=self.data_config, in_chans=self.in_chans, augment=augment,
+            require_labels=require_labels, num_classes=self.num_classes, what=what,
+        )  # fmt: skip
+
+    def _train_context(self, steps: int, epochs: int) -> loop.TrainContext:
+        cfg = self._compiled
+        assert cfg is not None and self.optimizer is not None
+        total = steps * epochs
+        return loop.TrainContext(
+            model=self.model, optimizer=self.optimizer, loss_fn=cfg.loss_fn,
+            schedule=get_schedule(cfg.schedule, total, **cfg.schedule_kwargs), base_lr=cfg.lr,
+            metrics=cfg.metrics, device=self.device, steps_per_epoch=steps, total_steps=total,
+            train_bn=self.strategy.train_bn, norms_by_group=self._norms_by_group,
+        )  # fmt: skip
+
+    def plan(self, epoch: int) -> Plan:
+        """The strategy's plan for ``epoch``, checked."""
+        plan = self.strategy.plan(len(self._backbone.groups), epoch)
+        check_plan(self.strategy, plan, len(self._backbone.groups))
+        return plan
+
+    def _apply_plan(self, epoch: int) -> Plan:
+        """The one method that applies a plan (trainability; LRs follow it in the loop)."""
+        assert self.optimizer is not None
+        plan = self.plan(epoch)
+        apply_plan(plan, self._params_by_group, self.optimizer)
+        return plan
+
+    # ---------------------------------------------------------------------------- evaluate/predict
+    def evaluate(self, x: Any = None, y: Any = None, batch_size: int = 32, verbose: int = 0,
+                 callbacks: Sequence[Callback] | None = None) -> dict[str, float]:  # fmt: skip
+        """Loss and metrics on labelled data, as Python floats."""
+        check_positive_int("batch_size", batch_size)
+        if self._compiled is None:
+            self.compile()
+        assert self._compiled is not None
+        data = self._prepare(x, y, augment=False, what="x")
+        loader = make_loader(data, batch_size=batch_size, shuffle=False, seed=None)
+        cbs = CallbackList(list(callbacks or []), tuner=self)
+        return loop.evaluate_loader(
+            self.model, loader, self._compiled.loss_fn, self._compiled.metrics, self.device, cbs
+        )
+
+    def predict(self, x: Any, batch_size: int = 32, verbose: int = 0,
+                callbacks: Sequence[Callback] | None = None) -> np.ndarray:  # fmt: skip
+        """Class probabilities, shape (N, num_classes), in input order."""
+        check_positive_int("batch_size", batch_size)
+        data = self._prepare(x, None, augment=False, what="x", require_labels=False)
+        loader = make_loader(data, batch_size=batch_size, shuffle=False, seed=None)
+        probs = loop.predict_loader(self.model, loader, self.device, CallbackList(list(callbacks or []), tuner=self))
+        return probs.reshape(-1, self.num_classes)
+
+    # ------------------------------------------------------------------------------------ save/load
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write ``path/model.safetensors`` and ``path/config.json`` atomically; no pickle."""
+        config = {
+            "backbone": self._backbone.build_kwargs,
+            "spec": self.spec,
+            "num_classes": self.num_classes,
+            "in_chans": self.in_chans,
+            "data_config": self.data_config.to_dict(),
+            "class_names": self.class_names,
+            "strategy": self.strategy.config(),
+        }
+        saving.save_model_folder(path, self.model.state_dict(), config)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, device: str | torch.device = "auto",
+             model: nn.Module | None = None) -> FineTuner:  # fmt: skip
+        """Rebuild a saved FineTuner without network. ``model=`` supplies the module for custom backbones."""
+        state, config = saving.load_model_folder(path)
+        num_classes = int(config["num_classes"])
+        if model is not None:
+            built = build_backbone(model, num_classes, pretrained=False, in_chans=int(config["in_chans"]))
+        else:
+            built = rebuild_backbone(config["backbone"], num_classes)
+        built.data_config = DataConfig.from_dict(config["data_config"])
+        self = cls.__new__(cls)
+        self.seed = None
+        self.device = resolve_device(device)
+        self.strategy = resolve_strategy(None)
+        self._init_from_backbone(built, num_classes, int(config["in_chans"]), config.get("class_names"))
+        try:
+            self.model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise CheckpointError(
+                f"the weights in {str(path)!r} do not fit {config.get('spec')!r} with {num_classes} classes: "
+                f"{str(e).splitlines()[0]}; was the folder written by another version or model?"
+            ) from e
+        return self
+
+    # --------------------------------------------------------------------------------------- summary
+    def summary(self, epochs: int | None = None) -> str:
+        """Per layer group: parameters, and for each epoch of the plan whether it trains, its LR and BN mode."""
+        n_groups = len(self._backbone.groups)
+        horizon = epochs or self._planned_epochs or max(1, self.strategy.horizon(n_groups))
+        plans = [self.plan(e) for e in range(horizon)]
+        base_lr = self._compiled.lr if self._compiled else None
+        return format_summary(self.spec, self.groups, plans, base_lr, self.strategy, self._norms_by_group)
+
+    def __repr__(self) -> str:
+        return f"FineTuner({self.spec!r}, num_classes={self.num_classes}, strategy={self.strategy!r})"
+
+
+def _resolve_loss(loss: Any, label_smoothing: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) or not 0 <= label_smoothing < 1:
+        raise ConfigError(f"label_smoothing={label_smoothing!r} is invalid; expected a float in [0, 1), e.g. 0.1")
+    if loss in ("cross_entropy", "categorical_crossentropy", "sparse_categorical_crossentropy"):
+        return nn.CrossEntropyLoss(label_smoothing=float(label_smoothing))
+    if callable(loss) and not isinstance(loss, str):
+        return loss  # type: ignore[no-any-return]
+    raise ConfigError(
+        f"loss={loss!r} is unknown; expected 'cross_entropy' or a callable (logits, labels) -> scalar tensor"
+    )
+
+
+def _num_batches(loader: Any) -> int:
+    try:
+        return max(1, len(loader))
+    except TypeError as e:
+        raise ConfigError(
+            "the training DataLoader has no length (an IterableDataset?); finetunekit needs the number of "
+            "batches per epoch for LR schedules: give the dataset a __len__"
+        ) from e
