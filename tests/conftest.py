@@ -7,6 +7,9 @@ import pytest
 import torch
 from helpers import TinyNet, make_images
 
+# Tiny models run fastest on one thread, and a loaded 2-core machine otherwise thrashes (50x slower).
+torch.set_num_threads(1)
+
 
 @pytest.fixture
 def tiny_net() -> TinyNet:
