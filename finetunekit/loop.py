@@ -74,7 +74,9 @@ def train_epoch(
         if tuner.stop_training:
             break
     logs = tracker.result()
-    logs["lr"] = ctx.base_lr * ctx.schedule(min(1.0, (epoch * ctx.steps_per_epoch + step + 1) / max(1, ctx.total_steps)))
+    logs["lr"] = ctx.base_lr * ctx.schedule(
+        min(1.0, (epoch * ctx.steps_per_epoch + step + 1) / max(1, ctx.total_steps))
+    )
     return logs
 
 
@@ -111,7 +113,9 @@ def evaluate_loader(
 
 
 @torch.no_grad()
-def predict_loader(model: nn.Module, loader: Iterable[Any], device: torch.device, callbacks: CallbackList) -> np.ndarray:
+def predict_loader(
+    model: nn.Module, loader: Iterable[Any], device: torch.device, callbacks: CallbackList
+) -> np.ndarray:
     """Softmax probabilities for every sample, in loader order."""
     was_training = model.training
     model.eval()

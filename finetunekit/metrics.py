@@ -60,4 +60,4 @@ class MetricTracker:
         if self._n == 0:
             return {}
         values = torch.cat([self._loss.reshape(1), self._correct]).div(self._n).tolist()
-        return dict(zip(["loss", *self.metrics], values))
+        return dict(zip(["loss", *self.metrics], values, strict=True))

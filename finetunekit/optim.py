@@ -35,11 +35,15 @@ def build_param_groups(
         no_decay = [params[n] for n in group.param_names if n in no_weight_decay]
         for suffix, plist, wd in (("", decay, weight_decay), ("/no_decay", no_decay, 0.0)):
             if plist:
-                out.append({"params": plist, "weight_decay": wd, "group_index": index, "name": group.name + suffix})
+                out.append(
+                    {"params": plist, "weight_decay": wd, "group_index": index, "name": group.name + suffix}
+                )
     return out
 
 
-def make_optimizer(optimizer: str | Callable[..., torch.optim.Optimizer], param_groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
+def make_optimizer(
+    optimizer: str | Callable[..., torch.optim.Optimizer], param_groups: list[dict[str, Any]], lr: float
+) -> torch.optim.Optimizer:
     """compile()'s ``optimizer=``: a name or a torch optimizer class (or any factory taking params, lr)."""
     if isinstance(optimizer, torch.optim.Optimizer):
         raise ConfigError(
@@ -92,10 +96,12 @@ def _owner_of(module_name: str, owner: dict[str, int]) -> int | None:
     return None
 
 
-def apply_plan(plan: Plan, params_by_group: list[list[nn.Parameter]], optimizer: torch.optim.Optimizer) -> None:
+def apply_plan(
+    plan: Plan, params_by_group: list[list[nn.Parameter]], optimizer: torch.optim.Optimizer
+) -> None:
     """Make ``requires_grad`` follow the plan; a group that becomes frozen loses its grads and its
     optimizer state (momentum must not leak across a freeze)."""
-    for scale, params in zip(plan, params_by_group):
+    for scale, params in zip(plan, params_by_group, strict=True):
         trainable = scale is not None
         for p in params:
             if p.requires_grad and not trainable:
@@ -109,7 +115,7 @@ def set_frozen_norms_to_eval(plan: Plan, norms_by_group: list[list[nn.Module]], 
     Called after every ``model.train()``, because ``train()`` flips every module back."""
     if train_bn:
         return
-    for scale, norms in zip(plan, norms_by_group):
+    for scale, norms in zip(plan, norms_by_group, strict=True):
         if scale is None:
             for m in norms:
                 m.eval()

@@ -62,13 +62,19 @@ def tensors_to_bytes(state: dict[str, torch.Tensor]) -> bytes:
     return st_save({k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()})
 
 
-def save_model_folder(folder: str | os.PathLike[str], state: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
+def save_model_folder(
+    folder: str | os.PathLike[str], state: dict[str, torch.Tensor], config: dict[str, Any]
+) -> None:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise CheckpointError(f"save path {str(folder)!r} is a file; expected a folder path, e.g. 'runs/my_model'")
+        raise CheckpointError(
+            f"save path {str(folder)!r} is a file; expected a folder path, e.g. 'runs/my_model'"
+        )
     try:
         atomic_write_bytes(folder / MODEL_FILE, tensors_to_bytes(state))
-        atomic_write_json(folder / CONFIG_FILE, {"format": FORMAT, "format_version": FORMAT_VERSION, **config})
+        atomic_write_json(
+            folder / CONFIG_FILE, {"format": FORMAT, "format_version": FORMAT_VERSION, **config}
+        )
     except OSError as e:
         raise CheckpointError(
             f"could not write the model to {str(folder)!r}: {e.strerror or e}; choose a writable folder "
@@ -90,9 +96,13 @@ def load_model_folder(folder: str | os.PathLike[str]) -> tuple[dict[str, torch.T
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{str(config_path)!r} is not valid JSON ({e}); the save is corrupt") from e
     if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise CheckpointError(f"{str(config_path)!r} is not a finetunekit model config (no format={FORMAT!r})")
+        raise CheckpointError(
+            f"{str(config_path)!r} is not a finetunekit model config (no format={FORMAT!r})"
+        )
     try:
         state = st_load(model_path.read_bytes())
     except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
-        raise CheckpointError(f"{str(model_path)!r} is not a readable safetensors file ({e}); the save is corrupt") from e
+        raise CheckpointError(
+            f"{str(model_path)!r} is not a readable safetensors file ({e}); the save is corrupt"
+        ) from e
     return state, config

@@ -114,7 +114,7 @@ def get_schedule(schedule: str | Schedule | type, total_steps: int, **kwargs: An
             raise ConfigError(f"schedule={schedule!r} does not take {kwargs}: {e}") from e
     if isinstance(schedule, type) and issubclass(schedule, torch.optim.lr_scheduler.LRScheduler):
         return TorchSchedulerMultiplier(schedule, total_steps, **kwargs)
-    if callable(schedule):
+    if callable(schedule) and not isinstance(schedule, type):
         return schedule
     raise ConfigError(
         f"schedule={schedule!r} is not usable; expected one of {sorted(SCHEDULES)}, a function of "

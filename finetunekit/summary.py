@@ -37,14 +37,18 @@ def format_summary(
     header = ["group", "params", "trainable(ep0)", *epochs]
     rows = []
     for i, g in enumerate(groups):
-        cells = [f"{_cell(p[i], base_lr)}/bn:{_bn_mode(p[i], norms_by_group[i], strategy.train_bn)}" for p in plans]
+        cells = [
+            f"{_cell(p[i], base_lr)}/bn:{_bn_mode(p[i], norms_by_group[i], strategy.train_bn)}" for p in plans
+        ]
         rows.append([g.name, f"{g.num_params:,}", "yes" if plans[0][i] is not None else "no", *cells])
     widths = [max(len(str(r[c])) for r in [header, *rows]) for c in range(len(header))]
-    line = "  ".join("{:<%d}" % w for w in widths)
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
     total = sum(g.num_params for g in groups)
     trainable0 = sum(g.num_params for i, g in enumerate(groups) if plans[0][i] is not None)
-    lr_note = "LR = peak LR of each group (base_lr x scale; the schedule multiplies it per step)" if base_lr else (
-        "LR shown as scale of the base LR (call compile() to see values)"
+    lr_note = (
+        "LR = peak LR of each group (base_lr x scale; the schedule multiplies it per step)"
+        if base_lr
+        else ("LR shown as scale of the base LR (call compile() to see values)")
     )
     out = [
         f"FineTuner {spec}  strategy={strategy!r}",

@@ -124,7 +124,7 @@ class FineTuner:
         """Layer groups, ordered input -> head, with parameter counts."""
         return [
             GroupInfo(g.name, sum(p.numel() for p in ps), tuple(g.param_names))
-            for g, ps in zip(self._backbone.groups, self._params_by_group)
+            for g, ps in zip(self._backbone.groups, self._params_by_group, strict=True)
         ]
 
     @property
@@ -156,7 +156,9 @@ class FineTuner:
             raise ConfigError(f"weight_decay={weight_decay!r} is invalid; expected a float >= 0, e.g. 0.01")
         if isinstance(metrics, str):
             metrics = [metrics]
-        groups = build_param_groups(self.model, self._backbone.groups, self._backbone.no_weight_decay, weight_decay)
+        groups = build_param_groups(
+            self.model, self._backbone.groups, self._backbone.no_weight_decay, weight_decay
+        )
         self.optimizer = make_optimizer(optimizer, groups, float(lr))
         get_schedule(schedule, 1, **dict(schedule_kwargs or {}))  # fail now, not at fit
         self._compiled = CompileConfig(
@@ -215,7 +217,9 @@ class FineTuner:
             cbs.on_epoch_begin(epoch)
             logs = loop.train_epoch(ctx, loader, epoch, plan, cbs, self)
             if val_loader is not None:
-                val_logs = loop.evaluate_loader(self.model, val_loader, ctx.loss_fn, ctx.metrics, self.device, cbs)
+                val_logs = loop.evaluate_loader(
+                    self.model, val_loader, ctx.loss_fn, ctx.metrics, self.device, cbs
+                )
                 logs.update({f"val_{k}": v for k, v in val_logs.items()})
             cbs.on_epoch_end(epoch, logs)
             if self.stop_training:
@@ -237,9 +241,13 @@ class FineTuner:
             return split_validation(train, validation_split, self.seed)
         return train, None
 
-    def _prepare(self, x: Any, y: Any, *, augment: bool, what: str, require_labels: bool = True) -> PreparedData:
+    def _prepare(
+        self, x: Any, y: Any, *, augment: bool, what: str, require_labels: bool = True
+    ) -> PreparedData:
         if x is None:
-            raise ConfigError(f"{what} is None; pass images (array, tensor, Dataset, DataLoader or folder path)")
+            raise ConfigError(
+                f"{what} is None; pass images (array, tensor, Dataset, DataLoader or folder path)"
+            )
         return prepare_data(
             x, y, data_config=self.data_config, in_chans=self.in_chans, augment=augment,
             require_labels=require_labels, num_classes=self.num_classes, what=what,
@@ -290,7 +298,9 @@ class FineTuner:
         check_positive_int("batch_size", batch_size)
         data = self._prepare(x, None, augment=False, what="x", require_labels=False)
         loader = make_loader(data, batch_size=batch_size, shuffle=False, seed=None)
-        probs = loop.predict_loader(self.model, loader, self.device, CallbackList(list(callbacks or []), tuner=self))
+        probs = loop.predict_loader(
+            self.model, loader, self.device, CallbackList(list(callbacks or []), tuner=self)
+        )
         return probs.reshape(-1, self.num_classes)
 
     # ------------------------------------------------------------------------------------ save/load
@@ -334,7 +344,7 @@ class FineTuner:
 
     # --------------------------------------------------------------------------------------- summary
     def summary(self, epochs: int | None = None) -> str:
-        """Per layer group: parameters, and for each epoch of the plan whether it trains, its LR and BN mode."""
+        """Per layer group: parameters and, for each epoch of the plan, its LR (or frozen) and BN mode."""
         n_groups = len(self._backbone.groups)
         horizon = epochs or self._planned_epochs or max(1, self.strategy.horizon(n_groups))
         plans = [self.plan(e) for e in range(horizon)]
@@ -346,12 +356,18 @@ class FineTuner:
 
 
 def _resolve_loss(loss: Any, label_smoothing: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) or not 0 <= label_smoothing < 1:
-        raise ConfigError(f"label_smoothing={label_smoothing!r} is invalid; expected a float in [0, 1), e.g. 0.1")
+    if (
+        isinstance(label_smoothing, bool)
+        or not isinstance(label_smoothing, (int, float))
+        or not 0 <= label_smoothing < 1
+    ):
+        raise ConfigError(
+            f"label_smoothing={label_smoothing!r} is invalid; expected a float in [0, 1), e.g. 0.1"
+        )
     if loss in ("cross_entropy", "categorical_crossentropy", "sparse_categorical_crossentropy"):
         return nn.CrossEntropyLoss(label_smoothing=float(label_smoothing))
     if callable(loss) and not isinstance(loss, str):
-        return loss  # type: ignore[no-any-return]
+        return loss
     raise ConfigError(
         f"loss={loss!r} is unknown; expected 'cross_entropy' or a callable (logits, labels) -> scalar tensor"
     )

@@ -21,13 +21,19 @@ def check_fit_args(
     """Check fit()'s scalar arguments; return verbose as 0, 1 or 2 ("auto" -> 1, as in Keras)."""
     check_positive_int("batch_size", batch_size)
     check_positive_int("epochs", epochs)
-    if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, int) or not 0 <= initial_epoch < epochs:
+    if (
+        isinstance(initial_epoch, bool)
+        or not isinstance(initial_epoch, int)
+        or not 0 <= initial_epoch < epochs
+    ):
         raise ConfigError(
             f"initial_epoch={initial_epoch!r} is invalid with epochs={epochs}; expected 0 <= initial_epoch < "
             f"epochs (epochs is the index of the last epoch + 1, as in Keras)"
         )
-    if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)) or not (
-        0 <= validation_split < 1
+    if (
+        isinstance(validation_split, bool)
+        or not isinstance(validation_split, (int, float))
+        or not (0 <= validation_split < 1)
     ):
         raise ConfigError(
             f"validation_split={validation_split!r} is invalid; expected a float in [0, 1), e.g. 0.1"
@@ -35,12 +41,14 @@ def check_fit_args(
     if verbose == "auto":
         return 1
     if verbose not in (0, 1, 2):
-        raise ConfigError(f"verbose={verbose!r} is invalid; expected 'auto', 0 (silent), 1 (progress bar) or 2")
+        raise ConfigError(
+            f"verbose={verbose!r} is invalid; expected 'auto', 0 (silent), 1 (progress bar) or 2"
+        )
     return int(verbose)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """"auto" picks CUDA, then Apple MPS, then CPU."""
+    """ "auto" picks CUDA, then Apple MPS, then CPU."""
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -50,7 +58,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise ConfigError(f"device={device!r} is not a device; expected 'auto', 'cpu', 'cuda' or 'cuda:N'") from e
+        raise ConfigError(
+            f"device={device!r} is not a device; expected 'auto', 'cpu', 'cuda' or 'cuda:N'"
+        ) from e
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={device!r} but CUDA is not available here; use device='auto' or 'cpu'")
     return dev

@@ -21,7 +21,9 @@ class TinyNet(nn.Module):
         return self.fc(self.pool(self.stage1(self.stem(x))))
 
 
-def make_images(n: int = 120, num_classes: int = 3, size: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def make_images(
+    n: int = 120, num_classes: int = 3, size: int = 16, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """uint8 N x H x W x 3 images whose class is the dominant colour channel: linearly separable."""
     rng = np.random.default_rng(seed)
     y = np.arange(n) % num_classes

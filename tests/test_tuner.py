@@ -7,18 +7,19 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import TinyNet, make_images
 
 from finetunekit import FineTuner
 from finetunekit.callbacks import EarlyStopping, History, LambdaCallback
 from finetunekit.errors import CheckpointError, ConfigError, FineTuneKitError
 from finetunekit.strategies import DiscriminativeLR, FrozenBackbone, FullFineTune, GradualUnfreeze
 
-from helpers import TinyNet, make_images
-
 
 def tuner(strategy=None, seed=0, **kw):
     torch.manual_seed(seed)
-    return FineTuner(TinyNet(), num_classes=3, image_size=16, seed=seed, strategy=strategy, device="cpu", **kw)
+    return FineTuner(
+        TinyNet(), num_classes=3, image_size=16, seed=seed, strategy=strategy, device="cpu", **kw
+    )
 
 
 def snapshot(model):
@@ -131,8 +132,14 @@ def test_optimizer_has_every_group_from_the_start_and_keeps_it(images):
     names = {pg["name"] for pg in ft.optimizer.param_groups}
     assert {"stem", "stem/no_decay", "stage1", "head", "head/no_decay"} <= names
     seen = []
-    ft.fit(x, y, epochs=3, batch_size=32, verbose=0,
-           callbacks=[LambdaCallback(on_epoch_end=lambda e, logs: seen.append(len(ft.optimizer.param_groups)))])
+    ft.fit(
+        x,
+        y,
+        epochs=3,
+        batch_size=32,
+        verbose=0,
+        callbacks=[LambdaCallback(on_epoch_end=lambda e, logs: seen.append(len(ft.optimizer.param_groups)))],
+    )
     assert seen == [count] * 3
 
 
@@ -163,8 +170,14 @@ def test_gradual_unfreeze_trainability_per_epoch(images):
     x, y = images
     ft = tuner(GradualUnfreeze(every=1))
     seen = []
-    cb = LambdaCallback(on_epoch_begin=lambda e, logs: seen.append(
-        [all(p.requires_grad for p in ft.model.get_submodule(m).parameters()) for m in ("stem", "stage1", "fc")]))
+    cb = LambdaCallback(
+        on_epoch_begin=lambda e, logs: seen.append(
+            [
+                all(p.requires_grad for p in ft.model.get_submodule(m).parameters())
+                for m in ("stem", "stage1", "fc")
+            ]
+        )
+    )
     ft.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=[cb])
     assert seen == [[False, False, True], [False, True, True], [True, True, True]]
 
@@ -173,8 +186,15 @@ def test_early_stopping_stops_training(images):
     x, y = images
     ft = tuner()
     ft.compile(lr=1e-9, schedule="constant")  # nothing improves
-    h = ft.fit(x, y, epochs=20, batch_size=32, verbose=0, validation_split=0.2,
-               callbacks=[EarlyStopping(monitor="val_loss", patience=1, min_delta=1.0)])
+    h = ft.fit(
+        x,
+        y,
+        epochs=20,
+        batch_size=32,
+        verbose=0,
+        validation_split=0.2,
+        callbacks=[EarlyStopping(monitor="val_loss", patience=1, min_delta=1.0)],
+    )
     assert len(h.epoch) == 2
 
 

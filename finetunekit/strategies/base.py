@@ -79,7 +79,7 @@ class Composed(Strategy):
         for s in self.strategies:
             p = s.plan(n_groups, epoch)
             check_plan(s, p, n_groups)
-            out = [None if a is None or b is None else a * b for a, b in zip(out, p)]
+            out = [None if a is None or b is None else a * b for a, b in zip(out, p, strict=True)]
         return out
 
     def horizon(self, n_groups: int) -> int:

@@ -101,7 +101,9 @@ class GradualUnfreeze(Strategy):
             "every": self.every,
             "decay": self.decay,
             "train_bn": self.train_bn,
-            "milestones": None if self.milestones is None else {str(k): v for k, v in self.milestones.items()},
+            "milestones": None
+            if self.milestones is None
+            else {str(k): v for k, v in self.milestones.items()},
         }
 
 
@@ -125,7 +127,12 @@ class DiscriminativeLR(Strategy):
         return [self.decay ** (n_groups - 1 - i) for i in range(n_groups)]
 
     def config(self) -> dict[str, Any]:
-        return {"name": "DiscriminativeLR", "decay": self.decay, "scales": self.scales, "train_bn": self.train_bn}
+        return {
+            "name": "DiscriminativeLR",
+            "decay": self.decay,
+            "scales": self.scales,
+            "train_bn": self.train_bn,
+        }
 
 
 class LPFT(Strategy):
