@@ -324,7 +324,10 @@ class FineTuner:
         state, config = saving.load_model_folder(path)
         num_classes = int(config["num_classes"])
         if model is not None:
-            built = build_backbone(model, num_classes, pretrained=False, in_chans=int(config["in_chans"]))
+            head = config["backbone"].get("head")
+            built = build_backbone(
+                model, num_classes, pretrained=False, in_chans=int(config["in_chans"]), head=head
+            )
         else:
             built = rebuild_backbone(config["backbone"], num_classes)
         built.data_config = DataConfig.from_dict(config["data_config"])
