@@ -61,13 +61,8 @@ def train_epoch(
         multiplier = ctx.schedule(global_step / max(1, ctx.total_steps))
         write_lrs(ctx.optimizer, ctx.base_lr, multiplier, plan)
         x, y = to_device(batch, ctx.device)
-        logits = ctx.model(x)
-        loss = ctx.loss_fn(logits, y)
-        ctx.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        ctx.optimizer.step()
-        _step_torch_scheduler(ctx.schedule)
-        tracker.update(loss.detach(), logits.detach(), y)
+        loss, logits = train_step(ctx, x, y)
+        tracker.update(loss, logits, y)
         if step % LOG_EVERY == 0:
             batch_logs = tracker.result()
         callbacks.on_train_batch_end(step, batch_logs)
@@ -78,6 +73,17 @@ def train_epoch(
         min(1.0, (epoch * ctx.steps_per_epoch + step + 1) / max(1, ctx.total_steps))
     )
     return logs
+
+
+def train_step(ctx: TrainContext, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on one batch; returns the detached loss and logits for metrics."""
+    logits = ctx.model(x)
+    loss = ctx.loss_fn(logits, y)
+    ctx.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    ctx.optimizer.step()
+    _step_torch_scheduler(ctx.schedule)
+    return loss.detach(), logits.detach()
 
 
 def _step_torch_scheduler(schedule: Callable[[float], float]) -> None:

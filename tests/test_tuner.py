@@ -246,3 +246,11 @@ def test_bad_constructor_arguments():
         FineTuner(TinyNet(), num_classes=0, device="cpu")
     with pytest.raises(ConfigError, match="device='tpu9'"):
         FineTuner(TinyNet(), num_classes=3, device="tpu9")
+
+
+def test_new_head_is_small_so_initial_loss_is_near_log_num_classes(images):
+    x, y = images
+    ft = tuner()
+    assert torch.count_nonzero(ft.model.fc.bias) == 0
+    assert 0 < ft.model.fc.weight.std() <= 0.011
+    assert abs(ft.evaluate(x, y)["loss"] - np.log(3)) < 0.05

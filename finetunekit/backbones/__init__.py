@@ -111,8 +111,10 @@ def build_backbone(
     if isinstance(spec, nn.Module):
         from .generic import build_module
 
-        return build_module(
-            spec, num_classes, head=head, weights=weights, in_chans=in_chans, image_size=image_size
+        return init_head(
+            build_module(
+                spec, num_classes, head=head, weights=weights, in_chans=in_chans, image_size=image_size
+            )
         )
     if not isinstance(spec, str):
         raise ConfigError(
@@ -134,10 +136,31 @@ def build_backbone(
     if registry == "timm":
         from .timm_adapter import build_timm
 
-        return build_timm(name, num_classes, **kwargs)
+        return init_head(build_timm(name, num_classes, **kwargs))
     from .torchvision_adapter import build_torchvision
 
-    return build_torchvision(name, num_classes, **kwargs)
+    return init_head(build_torchvision(name, num_classes, **kwargs))
+
+
+HEAD_INIT_STD = 0.01
+
+
+@torch.no_grad()
+def init_head(backbone: Backbone) -> Backbone:
+    """One head initialization for every registry: small weights (trunc-normal, std 0.01), zero bias.
+
+    Registries differ (timm's EfficientNet head gets uniform(+-1/sqrt(num_classes)), which gives logits
+    of several units on pretrained features); a small head starts at loss ~ln(num_classes), so early
+    gradients do not distort the pretrained features (the concern behind LP-FT, Kumar et al. 2022).
+    """
+    params = dict(backbone.model.named_parameters())
+    for name in backbone.groups[-1].param_names:
+        p = params[name]
+        if p.ndim >= 2:
+            nn.init.trunc_normal_(p, std=HEAD_INIT_STD, a=-2 * HEAD_INIT_STD, b=2 * HEAD_INIT_STD)
+        else:
+            p.zero_()
+    return backbone
 
 
 def rebuild_backbone(build_kwargs: dict, num_classes: int) -> Backbone:
