@@ -93,12 +93,14 @@ def check_compute(
         )
     if isinstance(accumulate_steps, bool) or not isinstance(accumulate_steps, int) or accumulate_steps < 1:
         raise ConfigError(
-            f"accumulate_steps={accumulate_steps!r} is invalid; expected an integer >= 1 (1 = no accumulation)"
+            f"accumulate_steps={accumulate_steps!r} is invalid; expected an integer >= 1 (1: none)"
         )
     if ema_decay is not None and (
         isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float)) or not 0 < ema_decay < 1
     ):
-        raise ConfigError(f"ema_decay={ema_decay!r} is invalid; expected a float in (0, 1), e.g. 0.999, or None")
+        raise ConfigError(
+            f"ema_decay={ema_decay!r} is invalid; expected a float in (0, 1), e.g. 0.999, or None"
+        )
     return ComputeConfig(
         precision=_check_precision(precision, device),
         channels_last=channels_last,
@@ -164,12 +166,16 @@ class Stepper:
         with a message rather than stopping the run."""
         backend = self.config.compile_model
         try:
-            compiled = torch.compile(self.model) if backend is True else torch.compile(self.model, backend=backend)
+            if isinstance(backend, str):
+                compiled = torch.compile(self.model, backend=backend)
+            else:
+                compiled = torch.compile(self.model)
             out = compiled(x)
-        except Exception as e:  # noqa: BLE001 - any compiler failure means: run eagerly
+        except Exception as e:  # any compiler failure means: run eagerly
+            detail = str(e).splitlines()[0][:200] if str(e) else ""
             message = (
                 f"compile_model: torch.compile could not compile {type(self.model).__name__} "
-                f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); training eagerly instead"
+                f"({type(e).__name__}: {detail}); training eagerly instead"
             )
             warnings.warn(message, RuntimeWarning, stacklevel=3)
             logger.warning(message)

@@ -32,8 +32,8 @@ from finetunekit.optim import (
     set_frozen_norms_to_eval,
 )
 from finetunekit.schedules import get_schedule
-from finetunekit.strategies import Plan, Strategy, check_plan, resolve_strategy
 from finetunekit.step import ComputeConfig, Stepper, check_compute, make_ema
+from finetunekit.strategies import Plan, Strategy, check_plan, resolve_strategy
 from finetunekit.summary import format_summary
 from finetunekit.tta import FlipTTA
 from finetunekit.validation import check_fit_args, check_positive_int, resolve_device
@@ -305,13 +305,15 @@ class FineTuner:
     def _new_feature_cache(
         self, loader: Any, train: PreparedData, val: PreparedData | None, enabled: bool
     ) -> feature_cache.FeatureCache:
-        """This fit's frozen-prefix cache; ``feature_cache.epoch_inputs`` decides per epoch whether to use it."""
-        reason = feature_cache.static_reason(loader, self.strategy.train_bn, enabled, train.loader is not None)
+        """This fit's frozen-prefix cache; ``feature_cache.epoch_inputs`` decides per epoch if it is used."""
+        user_loader = train.loader is not None
+        reason = feature_cache.static_reason(loader, self.strategy.train_bn, enabled, user_loader)
         val_ok = val is not None and val.loader is None and self._ema is None
         self._feature_cache = feature_cache.FeatureCache(
             self.model, self._backbone.head_path, self._params_by_group[-1],
             lambda plan: set_frozen_norms_to_eval(plan, self._norms_by_group, self.strategy.train_bn),
-            autocast=self._stepper.autocast if self._stepper else None, reason=reason, cache_validation=val_ok,
+            autocast=self._stepper.autocast if self._stepper else None, reason=reason,
+            cache_validation=val_ok,
         )  # fmt: skip
         return self._feature_cache
 
@@ -340,7 +342,8 @@ class FineTuner:
 
     # ---------------------------------------------------------------------------- evaluate/predict
     def evaluate(self, x: Any = None, y: Any = None, batch_size: int = 32, verbose: int = 0,
-                 callbacks: Sequence[Callback] | None = None, tta: bool = False) -> dict[str, float]:  # fmt: skip
+                 callbacks: Sequence[Callback] | None = None,
+                 tta: bool = False) -> dict[str, float]:  # fmt: skip
         """Loss and metrics on labelled data, as Python floats. ``tta=True`` averages the probabilities
         of each image and its horizontal mirror (the loss is that of the averaged prediction)."""
         check_positive_int("batch_size", batch_size)
