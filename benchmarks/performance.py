@@ -4,7 +4,9 @@ Rows (each run in its own subprocess, so peak memory is that run's own ``ru_maxr
 plain / finetunekit and repeat ``--repeats`` times; medians are reported):
 
 - full fine-tuning: epoch time and peak memory of ``FineTuner.fit`` vs a hand-written loop over the same
-  model, data, batch size, optimizer (AdamW, constant LR) and thread count;
+  model, data, batch size, optimizer (AdamW, constant LR) and thread count. The time ratio comes from
+  *paired* runs: one process trains both, a plain epoch right before or after each FineTuner epoch, and
+  the median of the per-pair ratios is reported, which cancels most of a shared machine's load drift;
 - frozen backbone: the plain loop (backbone frozen, its BN in eval mode, full forward every epoch) vs
   ``FrozenBackbone`` with the frozen-prefix feature cache (epochs after the first), and without the cache;
 - the held-out accuracy each reaches.
@@ -33,6 +35,7 @@ import torch
 from torch import nn
 
 MODES = ("plain_full", "ft_full", "plain_frozen", "ft_frozen_cached", "ft_frozen_uncached")
+PAIRED = ("paired_full", "paired_frozen")
 
 
 def _data(args: argparse.Namespace) -> tuple[np.ndarray, ...]:
@@ -72,63 +75,83 @@ def _plain_model(args: argparse.Namespace) -> tuple[nn.Module, Any]:
     return built.model, built
 
 
-def run_plain(args: argparse.Namespace, frozen: bool) -> dict[str, Any]:
-    x_train, y_train, x_test, y_test = _data(args)
-    model, built = _plain_model(args)
-    cfg = built.data_config
-    xt = _plain_inputs(x_train, args.image_size, cfg.mean, cfg.std)
-    xv = _plain_inputs(x_test, args.image_size, cfg.mean, cfg.std)
-    head = built.head_path
-    if frozen:
-        for name, p in model.named_parameters():
-            p.requires_grad_(name.startswith(head + "."))
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
-    gen = torch.Generator().manual_seed(args.seed)
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(xt, torch.from_numpy(y_train)),
-        batch_size=args.batch_size, shuffle=True, generator=gen,
-    )  # fmt: skip
-    loss_fn = nn.CrossEntropyLoss()
-    times = []
-    for _ in range(args.epochs):
+class PlainRun:
+    """The loop a careful user writes: preprocessed float tensors, a shuffling DataLoader, AdamW, no
+    per-step host sync (the loss is summed on the device and read once per epoch)."""
+
+    def __init__(self, args: argparse.Namespace, frozen: bool) -> None:
+        x_train, y_train, x_test, self.y_test = _data(args)
+        self.model, built = _plain_model(args)
+        cfg = built.data_config
+        xt = _plain_inputs(x_train, args.image_size, cfg.mean, cfg.std)
+        self.xv = _plain_inputs(x_test, args.image_size, cfg.mean, cfg.std)
+        self.frozen = frozen
+        if frozen:
+            for name, p in self.model.named_parameters():
+                p.requires_grad_(name.startswith(built.head_path + "."))
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+        gen = torch.Generator().manual_seed(args.seed)
+        self.loader = torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(xt, torch.from_numpy(y_train)),
+            batch_size=args.batch_size, shuffle=True, generator=gen,
+        )  # fmt: skip
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    def epoch(self) -> float:
         start = time.perf_counter()
-        model.train()
-        if frozen:  # Keras semantics: frozen BN uses its running statistics
-            for m in model.modules():
+        self.model.train()
+        if self.frozen:  # Keras semantics: frozen BN uses its running statistics
+            for m in self.model.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
         total = torch.zeros(())
-        for xb, yb in loader:
-            loss = loss_fn(model(xb), yb)
-            opt.zero_grad(set_to_none=True)
+        for xb, yb in self.loader:
+            loss = self.loss_fn(self.model(xb), yb)
+            self.opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            self.opt.step()
             total += loss.detach()
         total.item()
-        times.append(time.perf_counter() - start)
-    model.eval()
-    with torch.no_grad():
-        pred = torch.cat([model(b).argmax(1) for b in xv.split(128)])
-    acc = float((pred == torch.from_numpy(y_test)).float().mean())
-    return {"epoch_times": times, "accuracy": acc}
+        return time.perf_counter() - start
+
+    def accuracy(self) -> float:
+        self.model.eval()
+        with torch.no_grad():
+            pred = torch.cat([self.model(b).argmax(1) for b in self.xv.split(128)])
+        return float((pred == torch.from_numpy(self.y_test)).float().mean())
+
+
+def run_plain(args: argparse.Namespace, frozen: bool) -> dict[str, Any]:
+    run = PlainRun(args, frozen)
+    times = [run.epoch() for _ in range(args.epochs)]
+    return {"epoch_times": times, "accuracy": run.accuracy()}
 
 
 # ----------------------------------------------------------------------------------------- finetunekit
-def run_finetuner(args: argparse.Namespace, frozen: bool, cache: bool) -> dict[str, Any]:
+def run_finetuner(
+    args: argparse.Namespace, frozen: bool, cache: bool, paired: PlainRun | None = None
+) -> dict[str, Any]:
+    """FineTuner.fit; with ``paired``, one plain-loop epoch runs next to each FineTuner epoch (before it
+    on odd epochs, after it on even ones), timed separately, so both see the same machine load."""
     from finetunekit import FineTuner
     from finetunekit.callbacks import Callback
     from finetunekit.strategies import FrozenBackbone, FullFineTune
 
     x_train, y_train, x_test, y_test = _data(args)
     times: list[float] = []
+    plain_times: list[float] = []
 
     class EpochTimer(Callback):
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            if paired is not None and epoch % 2 == 1:
+                plain_times.append(paired.epoch())
             self.start = time.perf_counter()
 
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
             times.append(time.perf_counter() - self.start)
+            if paired is not None and epoch % 2 == 0:
+                plain_times.append(paired.epoch())
 
     strategy = FrozenBackbone() if frozen else FullFineTune()
     ft = FineTuner("timm/efficientnet_lite0", num_classes=10, weights=_weights(),
@@ -137,13 +160,19 @@ def run_finetuner(args: argparse.Namespace, frozen: bool, cache: bool) -> dict[s
     ft.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs, verbose=0,
            callbacks=[EpochTimer()], augment=False, cache_features=cache)  # fmt: skip
     acc = ft.evaluate(x_test, y_test, batch_size=128)["accuracy"]
-    return {"epoch_times": times, "accuracy": acc}
+    out: dict[str, Any] = {"epoch_times": times, "accuracy": acc}
+    if paired is not None:
+        out["plain_epoch_times"] = plain_times
+    return out
 
 
 def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     mode = args.worker
-    if mode.startswith("plain"):
+    if mode.startswith("paired"):
+        frozen = mode == "paired_frozen"
+        out = run_finetuner(args, frozen=frozen, cache=True, paired=PlainRun(args, frozen))
+    elif mode.startswith("plain"):
         out = run_plain(args, frozen=mode == "plain_frozen")
     else:
         out = run_finetuner(args, frozen="frozen" in mode, cache=mode == "ft_frozen_cached")
@@ -170,7 +199,8 @@ def _median(values: list[float]) -> float:
 
 
 def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:
-    """Per mode: median epoch time (all epochs; and epochs after the first), memory, accuracy."""
+    """Per mode: median epoch time (all epochs; and epochs after the first), memory, accuracy; for the
+    paired runs, the median of the per-epoch time ratios (finetunekit / plain, each pair run back to back)."""
     out = {}
     for mode, rs in runs.items():
         out[mode] = {
@@ -180,40 +210,50 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, floa
             "maxrss_mb": _median([r["maxrss_mb"] for r in rs]),
             "accuracy": _median([r["accuracy"] for r in rs]),
         }
+        if mode.startswith("paired"):
+            per_run = [list(zip(r["epoch_times"], r["plain_epoch_times"], strict=True)) for r in rs]
+            pairs = [pair for run in per_run for pair in run]
+            later = [pair for run in per_run for pair in run[1:]]
+            out[mode]["ratio"] = _median([f / p for f, p in pairs])
+            out[mode]["later_ratio"] = _median([f / p for f, p in later])
+            out[mode]["first_ratio"] = _median([r["epoch_times"][0] / r["plain_epoch_times"][0] for r in rs])
+            out[mode]["plain_epoch_s"] = _median([p for _, p in pairs])
+            out[mode]["plain_later_s"] = _median([p for _, p in later])
     return out
 
 
-def _run_time(s: dict[str, float], epochs: int) -> float:
-    return s["first_epoch_s"] + s["later_epoch_s"] * (epochs - 1)
-
-
-def print_table(s: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"torch {torch.__version__}; torch.set_num_threads({args.threads}); device cpu")  # fmt: skip
-    print(f"efficientnet_lite0 (ImageNet weights) on digits, {args.n_train} train images at "
-          f"{args.image_size}px, batch {args.batch_size}, {args.epochs} epochs, {args.repeats} repeats "
-          "(medians)\n")  # fmt: skip
-    pf, ff = s["plain_full"], s["ft_full"]
-    pz, fc, fu = s["plain_frozen"], s["ft_frozen_cached"], s["ft_frozen_uncached"]
-    rows = [
-        ("full FT: epoch time", f"{pf['epoch_s']:.3f}s", f"{ff['epoch_s']:.3f}s",
+def _rows(s: dict[str, dict[str, float]]) -> list[tuple[str, str, str, str]]:
+    pf, ff, pair = s["plain_full"], s["ft_full"], s["paired_full"]
+    pz, fc, fu, pairz = s["plain_frozen"], s["ft_frozen_cached"], s["ft_frozen_uncached"], s["paired_frozen"]
+    return [
+        ("full FT: epoch time (paired epochs)", f"{pair['plain_epoch_s']:.3f}s", f"{pair['epoch_s']:.3f}s",
+         f"{pair['ratio']:.3f}x time"),
+        ("full FT: epoch time (separate runs)", f"{pf['epoch_s']:.3f}s", f"{ff['epoch_s']:.3f}s",
          f"{ff['epoch_s'] / pf['epoch_s']:.3f}x time"),
         ("full FT: peak RSS", f"{pf['maxrss_mb']:.0f}MB", f"{ff['maxrss_mb']:.0f}MB",
          f"{ff['maxrss_mb'] / pf['maxrss_mb']:.3f}x memory"),
         ("full FT: test accuracy", f"{pf['accuracy']:.3f}", f"{ff['accuracy']:.3f}", ""),
-        ("frozen: epoch after the first", f"{pz['later_epoch_s']:.3f}s", f"{fc['later_epoch_s']:.4f}s",
-         f"{pz['later_epoch_s'] / fc['later_epoch_s']:.1f}x faster"),
+        ("frozen: epoch after the first (paired)", f"{pairz['plain_later_s']:.3f}s",
+         f"{pairz['later_epoch_s']:.4f}s", f"{1 / pairz['later_ratio']:.1f}x faster"),
         ("frozen: first epoch (builds cache)", f"{pz['first_epoch_s']:.3f}s", f"{fc['first_epoch_s']:.3f}s",
-         f"{pz['first_epoch_s'] / fc['first_epoch_s']:.2f}x faster"),
-        ("frozen: whole run", f"{_run_time(pz, args.epochs):.2f}s", f"{_run_time(fc, args.epochs):.2f}s",
-         f"{_run_time(pz, args.epochs) / _run_time(fc, args.epochs):.2f}x faster"),
+         f"{1 / pairz['first_ratio']:.2f}x faster (paired)"),
         ("frozen: peak RSS", f"{pz['maxrss_mb']:.0f}MB", f"{fc['maxrss_mb']:.0f}MB",
          f"{fc['maxrss_mb'] / pz['maxrss_mb']:.3f}x memory"),
         ("frozen: test accuracy", f"{pz['accuracy']:.3f}", f"{fc['accuracy']:.3f}",
-         f"uncached finetunekit: {fu['accuracy']:.3f}"),
+         f"finetunekit uncached: {fu['accuracy']:.3f}"),
         ("frozen uncached: epoch time", f"{pz['epoch_s']:.3f}s", f"{fu['epoch_s']:.3f}s",
          f"{fu['epoch_s'] / pz['epoch_s']:.3f}x time"),
     ]  # fmt: skip
+
+
+def print_table(s: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
+    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.1f}; torch {torch.__version__}; torch.set_num_threads({args.threads}); "
+          "device cpu")  # fmt: skip
+    print(f"efficientnet_lite0 (ImageNet weights) on digits, {args.n_train} train images at "
+          f"{args.image_size}px, batch {args.batch_size}, {args.epochs} epochs, {args.repeats} repeats "
+          "(medians)\n")  # fmt: skip
+    rows = _rows(s)
     header = ("measure", "plain loop", "finetunekit", "ratio")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
     for r in [header, *rows]:
@@ -222,7 +262,7 @@ def print_table(s: dict[str, dict[str, float]], args: argparse.Namespace) -> Non
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--worker", choices=MODES, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=MODES + PAIRED, default=None, help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--n-train", type=int, default=512)
@@ -230,24 +270,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset (for quick checks)")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--modes", default=",".join(PAIRED + MODES), help="comma-separated subset")
     args = p.parse_args(argv)
     if args.worker:
         worker(args)
         return
     modes = args.modes.split(",")
-    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
     for rep in range(args.repeats):
         order = modes if rep % 2 == 0 else modes[::-1]  # alternate, so drift hits both sides alike
         for mode in order:
             runs[mode].append(_spawn(args, mode))
-            print(f"repeat {rep + 1}/{args.repeats} {mode}: "
-                  f"{[round(t, 3) for t in runs[mode][-1]['epoch_times']]}", flush=True)  # fmt: skip
-    if set(modes) == set(MODES):
+            last = runs[mode][-1]
+            plain = [round(t, 3) for t in last.get("plain_epoch_times", [])]
+            print(f"repeat {rep + 1}/{args.repeats} {mode}: {[round(t, 3) for t in last['epoch_times']]} "
+                  f"{plain or ''}", flush=True)  # fmt: skip
+    if set(modes) == set(PAIRED + MODES):
         print_table(summarize(runs), args)
     else:
-        print(json.dumps(summarize({m: r for m, r in runs.items() if r}), indent=1))
+        print(json.dumps(summarize(runs), indent=1))
 
 
 if __name__ == "__main__":
