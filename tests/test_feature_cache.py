@@ -129,3 +129,24 @@ def test_timm_head_dropout_is_replayed_exactly():
     assert "feature cache: on" in cached.summary()
     for a, b in zip(_params(cached), _params(plain), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_summary_before_fit_says_when_the_cache_applies():
+    ft = FineTuner(TinyNet(num_classes=3), num_classes=3, pretrained=False, image_size=16, device="cpu",
+                   strategy=FrozenBackbone())  # fmt: skip
+    assert ft.summary().splitlines()[-1].startswith("feature cache: decided by fit(): used in epochs where")
+
+
+def test_fit_passes_num_workers_to_both_loaders(monkeypatch):
+    import finetunekit.tuner as tuner_module
+
+    seen = []
+    original = tuner_module.make_loader
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("num_workers"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tuner_module, "make_loader", spy)
+    _fit(True, epochs=1, validation_split=0.25, num_workers=0)
+    assert seen == [0, 0]
