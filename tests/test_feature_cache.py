@@ -150,3 +150,18 @@ def test_fit_passes_num_workers_to_both_loaders(monkeypatch):
     monkeypatch.setattr(tuner_module, "make_loader", spy)
     _fit(True, epochs=1, validation_split=0.25, num_workers=0)
     assert seen == [0, 0]
+
+
+def test_cache_under_bf16_autocast_matches_uncached():
+    def run(cache: bool) -> FineTuner:
+        torch.manual_seed(0)
+        x, y = make_images(64, 3, 16)
+        ft = FineTuner(TinyNet(num_classes=3), num_classes=3, pretrained=False, seed=0, device="cpu",
+                       image_size=16, strategy=FrozenBackbone())  # fmt: skip
+        ft.compile(lr=1e-2, precision="bf16")
+        ft.fit(x, y, epochs=2, batch_size=16, verbose=0, augment=False, cache_features=cache)
+        return ft
+
+    cached, plain = run(True), run(False)
+    assert "feature cache: on" in cached.summary()
+    torch.testing.assert_close(cached.model.fc.weight, plain.model.fc.weight, rtol=1e-2, atol=1e-3)
