@@ -7,6 +7,7 @@ syncs the host with the device per step: skipped fp16 steps are counted in a dev
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from contextlib import AbstractContextManager, nullcontext
@@ -112,11 +113,36 @@ def check_compute(
     )
 
 
-def make_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
-    """An exponential moving average of the weights (and BN statistics), updated after each step."""
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+class WeightEMA:
+    """An exponential moving average of the weights (and float buffers, e.g. BN statistics).
 
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    Like ``torch.optim.swa_utils.AveragedModel`` with an EMA average, but each update lerps only the
+    parameters that train (one foreach call): a frozen parameter equals its average already, so with a
+    frozen backbone the update costs the head's size, not the model's.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.module = copy.deepcopy(model)
+        self.module.requires_grad_(False)
+        self._pairs = list(zip(self.module.parameters(), model.parameters(), strict=True))
+        self._buffers = [
+            (e, b)
+            for e, b in zip(self.module.buffers(), model.buffers(), strict=True)
+            if e.is_floating_point()
+        ]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        weight = 1.0 - self.decay
+        for pairs in ([(e, p) for e, p in self._pairs if p.requires_grad], self._buffers):
+            if pairs:
+                torch._foreach_lerp_([e for e, _ in pairs], [v.detach() for _, v in pairs], weight)
+
+
+def make_ema(model: nn.Module, decay: float) -> WeightEMA:
+    """An exponential moving average of ``model``'s weights, updated after each optimizer step."""
+    return WeightEMA(model, decay)
 
 
 class Stepper:
@@ -131,7 +157,7 @@ class Stepper:
         config: ComputeConfig,
         model: nn.Module,
         device: torch.device,
-        ema: torch.optim.swa_utils.AveragedModel | None = None,
+        ema: WeightEMA | None = None,
     ) -> None:
         self.config = config
         self.model = model
@@ -203,7 +229,7 @@ class Stepper:
         self._clip(optimizer)
         self._optimizer_step(optimizer)
         if self.ema is not None:
-            self.ema.update_parameters(self.model)
+            self.ema.update()
         return True
 
     def _clip(self, optimizer: torch.optim.Optimizer) -> None:

@@ -32,7 +32,7 @@ from finetunekit.optim import (
     set_frozen_norms_to_eval,
 )
 from finetunekit.schedules import get_schedule
-from finetunekit.step import ComputeConfig, Stepper, check_compute, make_ema
+from finetunekit.step import ComputeConfig, Stepper, WeightEMA, check_compute, make_ema
 from finetunekit.strategies import Plan, Strategy, check_plan, resolve_strategy
 from finetunekit.summary import format_summary
 from finetunekit.tta import FlipTTA
@@ -121,7 +121,7 @@ class FineTuner:
         self._planned_epochs: int | None = None
         self._params_by_group = group_params(self.model, built.groups)
         self._norms_by_group = norm_modules_by_group(self.model, built.groups)
-        self._ema: torch.optim.swa_utils.AveragedModel | None = None
+        self._ema: WeightEMA | None = None
         self._feature_cache: feature_cache.FeatureCache | None = None
         self._stepper: Stepper | None = None
 

@@ -54,3 +54,21 @@ def test_predict_tta_averages_image_and_mirror_probabilities():
     nll = F.nll_loss(torch.from_numpy(expected).log(), torch.from_numpy(y)).item()
     assert abs(result["loss"] - nll) < 1e-5
     assert result["accuracy"] == float((expected.argmax(1) == y).mean())
+
+
+def test_weight_ema_lerps_trainable_params_and_float_buffers_only():
+    from finetunekit.step import make_ema
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    model[1].weight.requires_grad_(False)
+    ema = make_ema(model, decay=0.75)
+    old = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+        model[1].running_mean.add_(4.0)
+    ema.update()
+    state = ema.module.state_dict()
+    torch.testing.assert_close(state["0.weight"], old["0.weight"] + 0.25)
+    torch.testing.assert_close(state["1.running_mean"], old["1.running_mean"] + 1.0)
+    assert torch.equal(state["1.weight"], old["1.weight"])  # frozen: skipped (it equals its average)
