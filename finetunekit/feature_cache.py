@@ -125,8 +125,14 @@ class CachedBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         torch.empty((), dtype=torch.int64).random_(generator=self.loader.generator)
         assert self.loader.batch_sampler is not None
-        for indices in self.loader.batch_sampler:
-            index = torch.as_tensor(indices, dtype=torch.int64, device=self.features.device)
+        batches = [list(b) for b in self.loader.batch_sampler]
+        # One host-to-device copy of the epoch's order, not one (stream-ordered, so syncing) per batch.
+        order = torch.as_tensor([i for b in batches for i in b], dtype=torch.int64)
+        order = order.to(self.features.device, non_blocking=True)
+        start = 0
+        for b in batches:
+            index = order[start : start + len(b)]
+            start += len(b)
             yield self.features.index_select(0, index), self.labels.index_select(0, index)
 
 
