@@ -16,12 +16,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from finetunekit import loop, saving
+from finetunekit import loop, nonfinite, saving
 from finetunekit.backbones import build_backbone, rebuild_backbone
 from finetunekit.backbones.base import Backbone, DataConfig
 from finetunekit.callbacks import Callback, CallbackList, History
 from finetunekit.data import PreparedData, make_loader, prepare_data, split_validation
-from finetunekit.errors import CheckpointError, ConfigError
+from finetunekit.determinism import deterministic_mode
+from finetunekit.errors import CheckpointError, ConfigError, NotCompiledError
+from finetunekit.loader_state import epoch_start_snapshot
 from finetunekit.metrics import check_metrics
 from finetunekit.optim import (
     apply_plan,
@@ -33,6 +35,7 @@ from finetunekit.optim import (
 from finetunekit.schedules import get_schedule
 from finetunekit.strategies import Plan, Strategy, check_plan, resolve_strategy
 from finetunekit.summary import format_summary
+from finetunekit.train_state import FitRun, ResumePoint
 from finetunekit.validation import check_fit_args, check_positive_int, resolve_device
 
 
@@ -57,6 +60,7 @@ class CompileConfig:
     metrics: list[str]
     schedule: Any
     schedule_kwargs: dict[str, Any]
+    on_nonfinite: str = "raise"
 
 
 def seed_everything(seed: int) -> None:
@@ -115,6 +119,7 @@ class FineTuner:
         self.optimizer: torch.optim.Optimizer | None = None
         self._compiled: CompileConfig | None = None
         self._planned_epochs: int | None = None
+        self._run: FitRun | None = None  # the fit in progress, for checkpointing callbacks
         self._params_by_group = group_params(self.model, built.groups)
         self._norms_by_group = norm_modules_by_group(self.model, built.groups)
 
@@ -136,6 +141,24 @@ class FineTuner:
     def spec(self) -> str:
         return self._backbone.spec
 
+    @property
+    def base_lr(self) -> float:
+        """compile()'s ``lr``: every group's LR is ``base_lr * schedule * group scale``. ReduceLROnPlateau
+        and LearningRateScheduler change this value, so discriminative ratios and the schedule stay."""
+        if self._compiled is None:
+            raise NotCompiledError("base_lr is set by compile(lr=...); call ft.compile() first")
+        return self._compiled.lr
+
+    @base_lr.setter
+    def base_lr(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise ConfigError(f"base_lr={value!r} is invalid; expected a finite float > 0, e.g. 1e-4")
+        if self._compiled is None:
+            raise NotCompiledError("base_lr is set by compile(lr=...); call ft.compile() first")
+        self._compiled.lr = float(value)
+        if self._run is not None:
+            self._run.ctx.base_lr = float(value)
+
     # -------------------------------------------------------------------------------------- compile
     def compile(
         self,
@@ -147,9 +170,12 @@ class FineTuner:
         schedule: Any = "one_cycle",
         label_smoothing: float = 0.0,
         schedule_kwargs: Mapping[str, Any] | None = None,
+        on_nonfinite: str = "raise",
     ) -> FineTuner:
         """Choose optimizer, LR, loss, metrics and LR schedule. Every layer group enters the optimizer
-        now, frozen or not, so nothing is added mid-run (DESIGN decision 2)."""
+        now, frozen or not, so nothing is added mid-run (DESIGN decision 2). ``on_nonfinite``: what a NaN
+        or infinite loss does, "raise", "skip" or "stop" (see finetunekit.nonfinite)."""
+        nonfinite.check_policy(on_nonfinite)
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
             raise ConfigError(f"lr={lr!r} is invalid; expected a float > 0, e.g. 1e-3")
         if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or weight_decay < 0:
@@ -169,6 +195,7 @@ class FineTuner:
             metrics=check_metrics(metrics),
             schedule=schedule,
             schedule_kwargs=dict(schedule_kwargs or {}),
+            on_nonfinite=on_nonfinite,
         )
         return self
 
@@ -186,12 +213,18 @@ class FineTuner:
         shuffle: bool = True,
         initial_epoch: int = 0,
         augment: bool = True,
+        deterministic: bool = False,
     ) -> History:
         """Train for ``epochs`` epochs (Keras semantics) and return the History.
 
-        Event order: on_train_begin; per epoch: plan applied (requires_grad, BN modes), on_epoch_begin,
-        per batch on_train_batch_begin / LR write / step / on_train_batch_end, then validation
-        (on_test_begin/end) and on_epoch_end(logs with val_ keys); finally on_train_end.
+        Event order: a BackupAndRestore in ``callbacks`` first restores an interrupted run (model,
+        optimizer, callback states, loop position, RNG states); on_train_begin; per epoch: plan applied
+        (requires_grad, BN modes), on_epoch_begin (not for an epoch resumed in its middle), per batch
+        on_train_batch_begin / LR write / step (not applied when the loss is non-finite) /
+        on_train_batch_end, then validation (on_test_begin/end) and on_epoch_end(logs with val_ keys);
+        finally on_train_end. Checkpointing callbacks run after all others in each hook, so they save
+        what the other callbacks did. ``deterministic=True`` turns on torch's deterministic algorithms
+        for this fit and restores the previous setting afterwards.
         """
         verbose = check_fit_args(batch_size, epochs, initial_epoch, validation_split, verbose)
         if self._compiled is None:
@@ -207,26 +240,54 @@ class FineTuner:
             list(callbacks or []), tuner=self, add_history=True, add_progbar=verbose != 0,
             verbose=verbose, epochs=epochs, steps=steps,
         )  # fmt: skip
-        ctx = self._train_context(steps, epochs)
+        self._run = FitRun(self._train_context(steps, epochs), cbs, loader, epochs)
         self._planned_epochs = epochs
         self.stop_training = False
-        logs: dict[str, float] = {}
-        cbs.on_train_begin()
-        for epoch in range(initial_epoch, epochs):
-            plan = self._apply_plan(epoch)
-            cbs.on_epoch_begin(epoch)
-            logs = loop.train_epoch(ctx, loader, epoch, plan, cbs, self)
-            if val_loader is not None:
-                val_logs = loop.evaluate_loader(
-                    self.model, val_loader, ctx.loss_fn, ctx.metrics, self.device, cbs
-                )
-                logs.update({f"val_{k}": v for k, v in val_logs.items()})
-            cbs.on_epoch_end(epoch, logs)
-            if self.stop_training:
-                break
-        cbs.on_train_end(logs)
+        try:
+            with deterministic_mode(deterministic):
+                self._fit_epochs(self._run, val_loader, initial_epoch)
+        finally:
+            self._run = None
         self.history = cbs.history
         return cbs.history
+
+    def _fit_epochs(self, run: FitRun, val_loader: Any, initial_epoch: int) -> None:
+        point = self._resume_point(run, initial_epoch)
+        run.callbacks.on_train_begin()
+        logs: dict[str, float] = {}
+        for epoch in range(point.epoch, run.epochs):
+            logs = self._fit_epoch(run, val_loader, epoch, point if epoch == point.epoch else None)
+            if self.stop_training:
+                break
+        run.callbacks.on_train_end(logs)
+
+    def _resume_point(self, run: FitRun, initial_epoch: int) -> ResumePoint:
+        """An interrupted run's position when a BackupAndRestore holds one, else ``initial_epoch``."""
+        for cb in run.callbacks:
+            restore = getattr(cb, "restore_fit", None)
+            point = restore() if restore is not None else None
+            if point is not None:
+                return point
+        return ResumePoint(initial_epoch, 0)
+
+    def _fit_epoch(
+        self, run: FitRun, val_loader: Any, epoch: int, point: ResumePoint | None
+    ) -> dict[str, float]:
+        ctx, cbs = run.ctx, run.callbacks
+        plan = self._apply_plan(epoch)
+        start = point.step if point is not None else 0
+        if start == 0:
+            cbs.on_epoch_begin(epoch)
+            ctx.epoch_start = epoch_start_snapshot(run.loader)
+        batches = point.batches if point is not None and start else run.loader
+        logs = loop.train_epoch(ctx, batches, epoch, plan, cbs, self, start)
+        if val_loader is not None:
+            val_logs = loop.evaluate_loader(
+                self.model, val_loader, ctx.loss_fn, ctx.metrics, self.device, cbs
+            )
+            logs.update({f"val_{k}": v for k, v in val_logs.items()})
+        cbs.on_epoch_end(epoch, logs)
+        return logs
 
     def _fit_data(
         self, x: Any, y: Any, validation_split: float, validation_data: Any, augment: bool
@@ -262,6 +323,7 @@ class FineTuner:
             schedule=get_schedule(cfg.schedule, total, **cfg.schedule_kwargs), base_lr=cfg.lr,
             metrics=cfg.metrics, device=self.device, steps_per_epoch=steps, total_steps=total,
             train_bn=self.strategy.train_bn, norms_by_group=self._norms_by_group,
+            nonfinite=cfg.on_nonfinite,
         )  # fmt: skip
 
     def plan(self, epoch: int) -> Plan:
@@ -306,7 +368,11 @@ class FineTuner:
     # ------------------------------------------------------------------------------------ save/load
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write ``path/model.safetensors`` and ``path/config.json`` atomically; no pickle."""
-        config = {
+        saving.save_model_folder(path, self.model.state_dict(), self._model_config())
+
+    def _model_config(self) -> dict[str, Any]:
+        """What ``save`` writes next to the weights, and what a resume compares."""
+        return {
             "backbone": self._backbone.build_kwargs,
             "spec": self.spec,
             "num_classes": self.num_classes,
@@ -315,7 +381,6 @@ class FineTuner:
             "class_names": self.class_names,
             "strategy": self.strategy.config(),
         }
-        saving.save_model_folder(path, self.model.state_dict(), config)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, device: str | torch.device = "auto",

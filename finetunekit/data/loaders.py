@@ -143,5 +143,7 @@ def make_loader(
         num_workers=workers,
         generator=generator,
         pin_memory=torch.cuda.is_available(),
-        persistent_workers=workers > 0,
+        # Not persistent: each epoch's workers are seeded from that epoch's draw of ``generator`` (per
+        # worker and epoch), which is what makes augmentation in workers reproducible across a resume.
+        persistent_workers=False,
     )
