@@ -38,6 +38,12 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def manifest_bytes(files: Mapping[str, bytes], meta: Mapping[str, Any]) -> bytes:
+    entries = {name: {"sha256": sha256(data), "bytes": len(data)} for name, data in files.items()}
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "files": entries, **meta}
+    return json.dumps(manifest, indent=2, sort_keys=True).encode()
+
+
 def write_checkpoint(
     folder: str | os.PathLike[str], files: Mapping[str, bytes], meta: Mapping[str, Any]
 ) -> None:
@@ -53,9 +59,7 @@ def write_checkpoint(
         staging.mkdir()
         for name, data in files.items():
             atomic_write_bytes(staging / name, data)
-        entries = {name: {"sha256": sha256(data), "bytes": len(data)} for name, data in files.items()}
-        manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "files": entries, **meta}
-        atomic_write_bytes(staging / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
+        atomic_write_bytes(staging / MANIFEST, manifest_bytes(files, meta))
         _move_into_place(staging, folder)
     except OSError as e:
         shutil.rmtree(staging, ignore_errors=True)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from finetunekit import loop, nonfinite, saving
+from finetunekit import loop, nonfinite, preflight, saving
 from finetunekit.backbones import build_backbone, rebuild_backbone
 from finetunekit.backbones.base import Backbone, DataConfig
 from finetunekit.callbacks import Callback, CallbackList, History
@@ -235,6 +235,9 @@ class FineTuner:
         train, val = self._fit_data(x, y, validation_split, validation_data, augment)
         loader = make_loader(train, batch_size=batch_size, shuffle=shuffle, seed=self.seed)
         val_loader = make_loader(val, batch_size=batch_size, shuffle=False, seed=None) if val else None
+        preflight.check_same_classes(train, val)
+        preflight.check_has_batches(loader)
+        preflight.probe_forward(self.model, train, self.device, self.num_classes, self.spec)
         steps = _num_batches(loader)
         cbs = CallbackList(
             list(callbacks or []), tuner=self, add_history=True, add_progbar=verbose != 0,
