@@ -166,6 +166,17 @@ def _position(tuner: Any, meta: dict[str, Any], tensors: dict[str, torch.Tensor]
     return ResumePoint(epoch, step, itertools.islice(iter(run.loader), step, None))
 
 
+def _parse(files: dict[str, bytes], name: str, folder: Path) -> Any:
+    """Safetensors or JSON only: a file of any other kind (a pickle, say) is refused, never run."""
+    try:
+        return st_load(files[name]) if name.endswith(".safetensors") else json.loads(files[name])
+    except Exception as e:  # safetensors and json raise their own types
+        raise CheckpointError(
+            f"{str(folder / name)!r} is not a valid {name.rsplit('.', 1)[1]} file ({type(e).__name__}); expected "
+            "a checkpoint written by finetunekit. It is not loaded (finetunekit never unpickles)."
+        ) from e
+
+
 def restore(tuner: Any, folder: str | Path) -> ResumePoint:
     """Put the fit in ``tuner._run`` into the state saved in ``folder``; return where to continue.
 
@@ -178,16 +189,16 @@ def restore(tuner: Any, folder: str | Path) -> ResumePoint:
             f"checkpoint {str(folder)!r} holds weights only (save_weights_only=True); expected a full training "
             "checkpoint to resume. Load the weights with FineTuner.load() instead."
         )
-    config = json.loads(files[CONFIG_FILE])
-    meta = json.loads(files[TRAINING_JSON])
+    config = _parse(files, CONFIG_FILE, folder)
+    meta = _parse(files, TRAINING_JSON, folder)
     _check_compatible(tuner, config, meta, folder)
+    weights, tensors = _parse(files, MODEL_FILE, folder), _parse(files, TRAINING_TENSORS, folder)
     try:
-        tuner.model.load_state_dict(st_load(files[MODEL_FILE]), strict=True)
+        tuner.model.load_state_dict(weights, strict=True)
     except RuntimeError as e:
         raise CheckpointError(
             f"the weights in {str(folder)!r} do not fit this model: {str(e).splitlines()[0]}"
         ) from e
-    tensors = st_load(files[TRAINING_TENSORS])
     flat_state.load_optimizer_state(tuner.optimizer, tuner.model, tensors, meta["optimizer"])
     ctx = tuner._run.ctx
     if meta["schedule"] is not None and hasattr(ctx.schedule, "load_state_dict"):
