@@ -101,7 +101,7 @@ def load_optimizer_state(
 
 def rng_state() -> tuple[Tensors, dict[str, Any]]:
     """Python, numpy, torch CPU and every CUDA device's generator state."""
-    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     tensors: Tensors = {
         "rng.torch": torch.get_rng_state(),
         "rng.numpy": torch.from_numpy(np.asarray(keys, dtype=np.int64)),

@@ -52,8 +52,8 @@ def check_has_batches(loader: Any) -> None:
         )
         raise DataError(
             f"the training DataLoader yields no batches ({count} samples, batch_size={size}, "
-            f"drop_last={getattr(loader, 'drop_last', None)}); expected at least one batch per epoch. Fix: use "
-            "a smaller batch_size, drop_last=False, or more data."
+            f"drop_last={getattr(loader, 'drop_last', None)}); expected at least one batch per epoch. Fix: "
+            "use a smaller batch_size, drop_last=False, or more data."
         )
 
 

@@ -172,8 +172,8 @@ def _parse(files: dict[str, bytes], name: str, folder: Path) -> Any:
         return st_load(files[name]) if name.endswith(".safetensors") else json.loads(files[name])
     except Exception as e:  # safetensors and json raise their own types
         raise CheckpointError(
-            f"{str(folder / name)!r} is not a valid {name.rsplit('.', 1)[1]} file ({type(e).__name__}); expected "
-            "a checkpoint written by finetunekit. It is not loaded (finetunekit never unpickles)."
+            f"{str(folder / name)!r} is not a valid {name.rsplit('.', 1)[1]} file ({type(e).__name__}); "
+            "expected a checkpoint written by finetunekit. It is not loaded (finetunekit never unpickles)."
         ) from e
 
 
@@ -186,8 +186,8 @@ def restore(tuner: Any, folder: str | Path) -> ResumePoint:
     folder = Path(folder)
     if TRAINING_JSON not in files:
         raise CheckpointError(
-            f"checkpoint {str(folder)!r} holds weights only (save_weights_only=True); expected a full training "
-            "checkpoint to resume. Load the weights with FineTuner.load() instead."
+            f"checkpoint {str(folder)!r} holds weights only (save_weights_only=True); expected a full "
+            "training checkpoint to resume. Load the weights with FineTuner.load() instead."
         )
     config = _parse(files, CONFIG_FILE, folder)
     meta = _parse(files, TRAINING_JSON, folder)

@@ -30,11 +30,11 @@ from helpers import TinyNet, make_images  # noqa: E402
 from finetunekit import FineTuner, checkpoint  # noqa: E402
 from finetunekit.callbacks import BackupAndRestore, Callback  # noqa: E402
 from finetunekit.strategies import (  # noqa: E402
+    LPFT,
     DiscriminativeLR,
     FrozenBackbone,
     FullFineTune,
     GradualUnfreeze,
-    LPFT,
 )
 
 STRATEGIES = {
@@ -124,7 +124,9 @@ def main() -> None:
     ft = train(args.strategy, args.backbone, callbacks)
     assert ft.history is not None
     save_file(ft.model.state_dict(), args.out + ".safetensors")
-    Path(args.out + ".json").write_text(json.dumps({"history": ft.history.history, "epoch": ft.history.epoch}))
+    Path(args.out + ".json").write_text(
+        json.dumps({"history": ft.history.history, "epoch": ft.history.epoch})
+    )
     if args.reference:
         ref = train(args.strategy, args.backbone, [])
         save_file(ref.model.state_dict(), args.out + ".ref.safetensors")

@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (the case table reads best one case per line)
 """Every bad input a user can make gets a FineTuneKitError naming the value, the expectation and a fix,
 raised before any optimizer step (the weights are checked unchanged after each case).
 
@@ -156,14 +157,18 @@ def resume_other_architecture(tmp: Path, ft: FineTuner) -> None:
     torch.manual_seed(0)
     other = FineTuner(TinyNet(num_classes=3), num_classes=3, device="cpu", image_size=16, seed=0,
                       strategy=FrozenBackbone())  # fmt: skip
-    other.fit(X, Y, batch_size=8, verbose=0, callbacks=[BackupAndRestore(tmp / "bk", delete_checkpoint=False)])
+    other.fit(
+        X, Y, batch_size=8, verbose=0, callbacks=[BackupAndRestore(tmp / "bk", delete_checkpoint=False)]
+    )
     ft.fit(X, Y, batch_size=8, verbose=0, callbacks=[BackupAndRestore(tmp / "bk")])
 
 
 def resume_other_num_classes(tmp: Path, ft: FineTuner) -> None:
     torch.manual_seed(0)
     other = FineTuner(TinyNet(num_classes=4), num_classes=4, device="cpu", image_size=16, seed=0)
-    other.fit(X, Y, batch_size=8, verbose=0, callbacks=[BackupAndRestore(tmp / "bk", delete_checkpoint=False)])
+    other.fit(
+        X, Y, batch_size=8, verbose=0, callbacks=[BackupAndRestore(tmp / "bk", delete_checkpoint=False)]
+    )
     ft.fit(X, Y, batch_size=8, verbose=0, callbacks=[BackupAndRestore(tmp / "bk")])
 
 

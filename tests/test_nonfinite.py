@@ -69,7 +69,13 @@ def test_raise_names_epoch_step_lr_and_keeps_the_last_good_weights() -> None:
     with pytest.raises(NonFiniteLossError) as info:
         ft.fit(X, Y, batch_size=8, epochs=1, verbose=0, callbacks=[snaps.callback])
     message = str(info.value)
-    for words in ("epoch 0", f"step {BAD_STEP}", "learning rates", "lower the learning rate", "on_nonfinite='skip'"):
+    for words in (
+        "epoch 0",
+        f"step {BAD_STEP}",
+        "learning rates",
+        "lower the learning rate",
+        "on_nonfinite='skip'",
+    ):
         assert words in message
     assert same(state(ft), snaps.states[BAD_STEP - 1])
 

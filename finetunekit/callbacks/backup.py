@@ -83,8 +83,8 @@ class BackupAndRestore(Callback):
         reason = why_not_repositionable(self.tuner._run.loader)
         if self._batch_freq is not None and reason is not None:
             warnings.warn(
-                f"BackupAndRestore(save_freq={self.save_freq}) backs up at epoch ends instead: {reason}, so a "
-                "mid-epoch backup could not resume exactly.",
+                f"BackupAndRestore(save_freq={self.save_freq}) backs up at epoch ends instead: {reason}, "
+                "so a mid-epoch backup could not resume exactly.",
                 RuntimeWarning,
                 stacklevel=2,
             )

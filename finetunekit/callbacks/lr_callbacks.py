@@ -120,7 +120,8 @@ class LearningRateScheduler(Callback):
         lr = self.schedule(epoch, self.tuner.base_lr) if self._two_args else self.schedule(epoch)
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
             raise ConfigError(
-                f"LearningRateScheduler's schedule returned {lr!r} for epoch {epoch}; expected a finite float > 0"
+                f"LearningRateScheduler's schedule returned {lr!r} for epoch {epoch}; expected a finite "
+                "float > 0"
             )
         self.tuner.base_lr = float(lr)
         if self.verbose > 0:

@@ -50,9 +50,9 @@ class ModelCheckpoint(Callback):
         self.filepath = os.fspath(filepath)
         if self.filepath.endswith(".safetensors") and not save_weights_only:
             raise ConfigError(
-                f"ModelCheckpoint(filepath={self.filepath!r}) ends in .safetensors, which holds weights only, "
-                "but save_weights_only=False; expected a folder path for a full checkpoint. Drop the suffix "
-                "or pass save_weights_only=True."
+                f"ModelCheckpoint(filepath={self.filepath!r}) ends in .safetensors, which holds weights "
+                "only, but save_weights_only=False; expected a folder path for a full checkpoint. Drop the "
+                "suffix or pass save_weights_only=True."
             )
         self.monitor = monitor
         self.verbose = verbose
@@ -85,8 +85,8 @@ class ModelCheckpoint(Callback):
             if not self._warned_missing:
                 self._warned_missing = True
                 warnings.warn(
-                    f"ModelCheckpoint(save_best_only=True) monitors {self.monitor!r}, which is not in the logs "
-                    f"({', '.join(logs) or 'none'}); nothing is saved. Set monitor= to one of them.",
+                    f"ModelCheckpoint(save_best_only=True) monitors {self.monitor!r}, which is not in the "
+                    f"logs ({', '.join(logs) or 'none'}); nothing is saved. Set monitor= to one of them.",
                     RuntimeWarning,
                     stacklevel=3,
                 )
@@ -108,8 +108,8 @@ class ModelCheckpoint(Callback):
             path = self.filepath.format(epoch=label, batch=step, **logs)
         except (KeyError, ValueError, IndexError) as e:
             raise ConfigError(
-                f"ModelCheckpoint(filepath={self.filepath!r}) has a placeholder that cannot be filled ({e!r}); "
-                f"expected {{epoch}}, {{batch}} or keys of the logs: {sorted(logs)}"
+                f"ModelCheckpoint(filepath={self.filepath!r}) has a placeholder that cannot be filled "
+                f"({e!r}); expected {{epoch}}, {{batch}} or keys of the logs: {sorted(logs)}"
             ) from e
         self._write(path, epoch, step)
         if self.verbose > 0:
@@ -125,8 +125,8 @@ class ModelCheckpoint(Callback):
                 from finetunekit.errors import CheckpointError
 
                 raise CheckpointError(
-                    f"could not write {path!r}: {e.strerror or e}; expected a writable folder with free space. "
-                    "The previous file there, if any, is intact."
+                    f"could not write {path!r}: {e.strerror or e}; expected a writable folder with free "
+                    "space. The previous file there, if any, is intact."
                 ) from e
             return
         if self.save_weights_only:

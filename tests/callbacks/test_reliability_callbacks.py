@@ -46,7 +46,10 @@ def test_model_checkpoint_every_epoch_with_keras_placeholders(tmp_path: Path) ->
     assert ft.history is not None
     assert saved[2] == f"ckpt-03-{ft.history.history['val_loss'][2]:.3f}"
     last = FineTuner.load(tmp_path / saved[2], model=TinyNet(num_classes=3))
-    assert all(torch.equal(a, b) for a, b in zip(last.model.state_dict().values(), ft.model.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(last.model.state_dict().values(), ft.model.state_dict().values(), strict=True)
+    )
     assert (tmp_path / saved[2] / "training.safetensors").is_file()  # full state unless weights only
 
 
@@ -56,7 +59,9 @@ def test_model_checkpoint_save_best_only_keeps_the_best_epoch(tmp_path: Path) ->
 
     def remember(epoch: int, logs: dict[str, float]) -> None:
         if "val_loss" not in best or logs["val_loss"] < best["val_loss"]:
-            best.update(val_loss=logs["val_loss"], weights={k: v.clone() for k, v in ft.model.state_dict().items()})
+            best.update(
+                val_loss=logs["val_loss"], weights={k: v.clone() for k, v in ft.model.state_dict().items()}
+            )
 
     cb = ModelCheckpoint(tmp_path / "best.safetensors", save_best_only=True, save_weights_only=True)
     ft.compile(lr=0.05)
@@ -70,8 +75,8 @@ def test_model_checkpoint_save_best_only_keeps_the_best_epoch(tmp_path: Path) ->
 
 def test_model_checkpoint_every_n_batches(tmp_path: Path) -> None:
     ft = tuner()
-    ft.fit(X, Y, batch_size=8, epochs=1, verbose=0,
-           callbacks=[ModelCheckpoint(tmp_path / "b{batch}", save_freq=2, save_weights_only=True)])  # fmt: skip
+    cb = ModelCheckpoint(tmp_path / "b{batch}", save_freq=2, save_weights_only=True)
+    ft.fit(X, Y, batch_size=8, epochs=1, verbose=0, callbacks=[cb])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b2", "b4", "b6"]
     for p in tmp_path.iterdir():
         checkpoint.verify(p)
@@ -87,7 +92,15 @@ def test_csv_logger_writes_keras_rows_and_appends(tmp_path: Path) -> None:
     assert [r[0] for r in rows[1:]] == ["0", "1"]
     assert ft.history is not None
     assert float(rows[2][2]) == ft.history.history["loss"][1]
-    ft.fit(X, Y, batch_size=8, epochs=1, verbose=0, validation_split=0.25, callbacks=[CSVLogger(path, append=True)])
+    ft.fit(
+        X,
+        Y,
+        batch_size=8,
+        epochs=1,
+        verbose=0,
+        validation_split=0.25,
+        callbacks=[CSVLogger(path, append=True)],
+    )
     assert len(list(csv.reader(path.open()))) == 4
 
 
@@ -127,7 +140,9 @@ def test_reduce_lr_on_plateau_scales_the_base_lr_and_keeps_group_ratios() -> Non
     assert ft.base_lr == pytest.approx(1e-2 * 0.5**3)
     ft.fit(X, Y, batch_size=8, epochs=1, verbose=0)
     lrs = group_lrs(ft)
-    assert lrs["stem"] / lrs["head"] == pytest.approx(0.25) and lrs["stage1"] / lrs["head"] == pytest.approx(0.5)
+    assert lrs["stem"] / lrs["head"] == pytest.approx(0.25) and lrs["stage1"] / lrs["head"] == pytest.approx(
+        0.5
+    )
     assert lrs["head"] == pytest.approx(1e-2 * 0.5**3)
 
 
@@ -151,8 +166,10 @@ def test_deterministic_mode_is_on_during_fit_and_restored_after() -> None:
     ft = tuner()
     during: list[bool] = []
     before = torch.are_deterministic_algorithms_enabled()
-    ft.fit(X, Y, batch_size=16, epochs=1, verbose=0, deterministic=True,
-           callbacks=[LambdaCallback(on_train_begin=lambda logs: during.append(torch.are_deterministic_algorithms_enabled()))])  # fmt: skip
+    probe = LambdaCallback(
+        on_train_begin=lambda logs: during.append(torch.are_deterministic_algorithms_enabled())
+    )
+    ft.fit(X, Y, batch_size=16, epochs=1, verbose=0, deterministic=True, callbacks=[probe])
     assert during == [True]
     assert torch.are_deterministic_algorithms_enabled() == before
 
@@ -161,7 +178,10 @@ def test_same_seed_same_bits_with_augmentation() -> None:
     a, b = tuner(), tuner()
     for ft in (a, b):
         ft.fit(X, Y, batch_size=8, epochs=2, verbose=0, validation_split=0.25, augment=True)
-    assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+    assert all(
+        torch.equal(x, y)
+        for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True)
+    )
 
 
 def _rss_bytes() -> int:
