@@ -100,7 +100,7 @@ class BackupAndRestore(Callback):
             self._save(ctx.epoch, batch + 1)
 
     def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
-        if self.save_freq == "epoch":
+        if self._batch_freq is None:
             self._save(epoch + 1, 0)
 
     def on_train_end(self, logs: Logs | None = None) -> None:
