@@ -27,7 +27,8 @@ def tuner() -> FineTuner:
     torch.manual_seed(0)
     ft = FineTuner(TinyNet(num_classes=3), num_classes=3, device="cpu", image_size=16, seed=0,
                    strategy=GradualUnfreeze(every=1))  # fmt: skip
-    return ft.compile(lr=0.05, schedule=torch.optim.lr_scheduler.CosineAnnealingLR, schedule_kwargs={"T_max": 7})
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR  # a torch scheduler: its state is checkpointed
+    return ft.compile(lr=0.05, schedule=cosine, schedule_kwargs={"T_max": 7})
 
 
 def crash_at(ft: FineTuner, global_step: int) -> LambdaCallback:
@@ -52,7 +53,8 @@ def train(data: Any, backup: Path | None, crash: int | None = None, save_freq: A
         history = ft.fit(x, y, batch_size=8, epochs=4, verbose=0, callbacks=cbs, **kw)
     except Crash:
         return None
-    return {k: v.clone() for k, v in ft.model.state_dict().items()}, history.history, history.epoch, ft.base_lr
+    weights = {k: v.clone() for k, v in ft.model.state_dict().items()}
+    return weights, history.history, history.epoch, ft.base_lr
 
 
 def assert_same(a: Any, b: Any) -> None:
