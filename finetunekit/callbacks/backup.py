@@ -70,7 +70,9 @@ class BackupAndRestore(Callback):
             try:
                 checkpoint.verify(folder)
             except CheckpointError as e:
-                warnings.warn(f"skipping a bad backup: {e}", RuntimeWarning, stacklevel=2)
+                # Removed, so that it is neither tried again nor counted among the two backups kept.
+                warnings.warn(f"skipping (and removing) a bad backup: {e}", RuntimeWarning, stacklevel=2)
+                shutil.rmtree(folder, ignore_errors=True)
                 continue
             return restore(self.tuner, folder)
         return None
