@@ -55,7 +55,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         time_steps(ctx, x, y, 2)  # warm-up
         for r in range(args.repeats):
-            nonfinite.guarded_step, nonfinite.snapshot_buffers = plain_guard, lambda m: []
+            nonfinite.guarded_step, nonfinite.snapshot_buffers = plain_guard, lambda c: []
             plain.append(time_steps(ctx, x, y, args.steps))
             nonfinite.guarded_step, nonfinite.snapshot_buffers = real_guard, real_snapshot
             guarded.append(time_steps(ctx, x, y, args.steps))

@@ -44,6 +44,7 @@ class TrainContext:
     skipped: int = 0
     stop_requested: bool = False
     nonfinite_state: dict[str, torch.Tensor] | None = None
+    buffer_backup: list[torch.Tensor] | None = None
 
 
 def to_device(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,7 +110,7 @@ def train_step(
     """One optimizer step on one batch; returns the detached loss and logits for metrics, and False
     when the step was not applied because the loss was non-finite (see finetunekit.nonfinite: the
     check happens before ``optimizer.step()``, so the weights stay those of the last good step)."""
-    buffers = nonfinite.snapshot_buffers(ctx.model)
+    buffers = nonfinite.snapshot_buffers(ctx)
     logits = ctx.model(x)
     loss = ctx.loss_fn(logits, y)
     ctx.optimizer.zero_grad(set_to_none=True)

@@ -42,10 +42,17 @@ def _device_skippable(ctx: Any, loss: torch.Tensor) -> bool:
     return loss.device.type == "cuda" and bool(getattr(ctx.optimizer, "_step_supports_amp_scaling", False))
 
 
-def snapshot_buffers(model: torch.nn.Module) -> list[torch.Tensor]:
+def snapshot_buffers(ctx: Any) -> list[torch.Tensor]:
     """BatchNorm statistics before the forward pass: a non-finite batch must not leave them NaN either.
-    Buffers are small (two vectors per norm layer), so the copy is cheap next to the step itself."""
-    return [b.detach().clone() for b in model.buffers()]
+    Buffers are small (two vectors per norm layer); they are copied into storage allocated once per fit,
+    with one fused ``_foreach_copy_`` (a single kernel launch on GPU)."""
+    buffers = [b.detach() for b in ctx.model.buffers()]
+    backup = ctx.buffer_backup
+    if backup is None or len(backup) != len(buffers):
+        backup = ctx.buffer_backup = [torch.empty_like(b) for b in buffers]
+    if buffers:
+        torch._foreach_copy_(backup, buffers)
+    return backup
 
 
 def guarded_step(ctx: Any, loss: torch.Tensor, buffers: list[torch.Tensor]) -> bool:
