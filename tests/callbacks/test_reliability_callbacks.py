@@ -210,3 +210,28 @@ def test_memory_stays_flat_over_ten_epochs_and_logs_hold_no_graph(tmp_path: Path
     growth = rss[-1] - rss[0]  # from the end of the first epoch (allocator warm-up) to the last
     assert growth <= max(0.02 * rss[0], 16 * 2**20), f"RSS grew by {growth / 2**20:.1f} MB over 10 epochs"
     assert all(type(v) is float for v in logged)
+
+
+class RandomItems(torch.utils.data.Dataset):
+    """Each item is a draw from torch's RNG in the process that loads it (a worker, here)."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return torch.randint(0, 2**30, (1,)), i
+
+
+def test_workers_are_seeded_per_worker_and_per_epoch() -> None:
+    from finetunekit.data import PreparedData, make_loader
+
+    def epochs(seed: int) -> list[list[int]]:
+        data = PreparedData(RandomItems(), None, None, None, 8)
+        loader = make_loader(data, batch_size=2, shuffle=True, seed=seed, num_workers=2)
+        return [torch.cat([b[0].ravel() for b in loader]).tolist() for _ in range(2)]
+
+    first, again = epochs(0), epochs(0)
+    assert first == again  # reproducible
+    assert first[0] != first[1]  # a new stream each epoch
+    assert len(set(first[0])) == 8  # the two workers draw different numbers
+    assert epochs(1) != first
