@@ -14,7 +14,8 @@ torch's AMP skip flag (``fused=True`` Adam/AdamW/SGD), the flag is computed on t
 ``optimizer.step`` as ``found_inf``, which makes the fused kernel leave parameters, moments and the step
 count untouched; once a step was non-finite, the flag stays set (except with ``"skip"``), so no later
 step applies either. The flag is read on the host only when the loop syncs its logs anyway
-(every ``LOG_EVERY`` steps and at the end of the epoch); the error then names the first bad step.
+(every ``LOG_EVERY`` steps and at the end of the epoch); the error then names the first bad step. On
+that path a skipped step's loss still enters the epoch's running mean (the host does not know yet).
 """
 
 from __future__ import annotations
@@ -79,10 +80,16 @@ def _device_step(ctx: Any, loss: torch.Tensor) -> torch.Tensor:
     state = ctx.nonfinite_state
     if state is None:
         zero = torch.zeros((), dtype=torch.int64, device=loss.device)
-        state = ctx.nonfinite_state = {"poisoned": bad & False, "run": zero, "first": zero - 1}
+        state = ctx.nonfinite_state = {
+            "poisoned": bad & False,
+            "run": zero,
+            "longest": zero,
+            "first": zero - 1,
+        }
     step = torch.full((), ctx.step, dtype=torch.int64, device=loss.device)
     state["first"] = torch.where(bad & (state["first"] < 0), step, state["first"])
     state["run"] = torch.where(bad, state["run"] + 1, torch.zeros_like(state["run"]))
+    state["longest"] = torch.maximum(state["longest"], state["run"])
     if ctx.nonfinite != "skip":
         bad = bad | state["poisoned"]
         state["poisoned"] = bad
@@ -100,11 +107,13 @@ def check_deferred(ctx: Any) -> None:
     state = ctx.nonfinite_state
     if state is None:
         return
-    first, run, poisoned = (int(v) for v in (state["first"], state["run"], state["poisoned"]))
+    first, run, longest, poisoned = (
+        int(v) for v in (state["first"], state["run"], state["longest"], state["poisoned"])
+    )
     if ctx.nonfinite == "skip":
         ctx.skipped = run
-        if run > MAX_CONSECUTIVE_SKIPS:
-            _raise(ctx, float("nan"), first, f"{run} consecutive steps had a non-finite loss")
+        if longest > MAX_CONSECUTIVE_SKIPS:
+            _raise(ctx, float("nan"), first, f"{longest} consecutive steps had a non-finite loss")
     elif poisoned:
         _on_nonfinite(ctx, float("nan"), first)
 
