@@ -82,6 +82,7 @@ class FineTuner:
         seed: int | None = None,
         head: str | None = None,
         class_names: Sequence[str] | None = None,
+        groups: Sequence[str | Sequence[str]] | None = None,
     ):
         check_positive_int("num_classes", num_classes)
         check_positive_int("in_chans", in_chans)
@@ -98,6 +99,7 @@ class FineTuner:
             in_chans=in_chans,
             image_size=image_size,
             head=head,
+            groups=groups,
         )
         self._init_from_backbone(built, num_classes, in_chans, class_names)
 
@@ -324,10 +326,11 @@ class FineTuner:
         state, config = saving.load_model_folder(path)
         num_classes = int(config["num_classes"])
         if model is not None:
-            head = config["backbone"].get("head")
+            head, groups = config["backbone"].get("head"), config["backbone"].get("groups")
             built = build_backbone(
-                model, num_classes, pretrained=False, in_chans=int(config["in_chans"]), head=head
-            )
+                model, num_classes, pretrained=False, in_chans=int(config["in_chans"]), head=head,
+                groups=groups,
+            )  # fmt: skip
         else:
             built = rebuild_backbone(config["backbone"], num_classes)
         built.data_config = DataConfig.from_dict(config["data_config"])
