@@ -33,7 +33,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "backbones")]
 
 from sweep_checks import TABLE, run_case  # noqa: E402
 
-SIZES = (16, 32, 48, 64, 96, 128, 160, 192, 224, 256, 288, 320, 384)
+SIZES = (16, 28, 32, 48, 56, 64, 96, 112, 128, 160, 192, 224, 256, 288, 320, 384)
 MAX_PARAMS = 1_500_000_000  # larger models would not fit this box's memory next to others' jobs
 
 
@@ -46,17 +46,19 @@ def param_count(name: str) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def native_size(spec: str) -> int:
-    """The input size of the weights' config, read without building the model."""
+def config_sizes(spec: str) -> tuple[int, int]:
+    """(smallest, native) input size from the weights' config, read without building the model."""
     registry, name = spec.split("/", 1)
     if registry == "timm":
         from timm.models import get_pretrained_cfg
 
         cfg = get_pretrained_cfg(name, allow_unregistered=True)
-        return int(tuple(getattr(cfg, "input_size", None) or (3, 224, 224))[-1])
+        native = int(tuple(getattr(cfg, "input_size", None) or (3, 224, 224))[-1])
+        smallest = getattr(cfg, "min_input_size", None)
+        return (int(smallest[-1]) if smallest else 1), native
     from finetunekit.backbones.torchvision_adapter import data_config_dict
 
-    return int(data_config_dict(name).get("input_size", (3, 224, 224))[-1])
+    return 1, int(data_config_dict(name).get("input_size", (3, 224, 224))[-1])
 
 
 def smallest_size(spec: str, sizes: tuple[int, ...]) -> tuple[int | None, str, float]:
@@ -74,9 +76,10 @@ def smallest_size(spec: str, sizes: tuple[int, ...]) -> tuple[int | None, str, f
 
 
 def candidate_sizes(spec: str, fine: bool) -> tuple[int, ...]:
-    native = native_size(spec)
-    base = SIZES if fine else (32, 64, 128, 224)
-    return tuple(sorted({s for s in base if s <= max(native, 224)} | {native}))
+    """Sizes to try, smallest first: from the config's ``min_input_size`` up to its native size."""
+    smallest, native = config_sizes(spec)
+    base = SIZES if fine else (28, 32, 64, 128, 224)
+    return tuple(sorted({s for s in base if smallest <= s <= max(native, 224)} | {native}))
 
 
 def sweep(specs: list[str], fine: bool) -> dict[str, tuple[int | None, str, float]]:
