@@ -126,17 +126,22 @@ def print_table(results: dict[str, tuple[int | None, str, float]], skipped: dict
         print("failures by error type:", dict(errors))
 
 
-def write_table() -> None:
-    """Smallest model per timm family and smallest input per case -> tests/backbones/sweep_table.json."""
+def write_table(counts_file: str | None) -> None:
+    """Smallest model per timm family and smallest input per case -> tests/backbones/sweep_table.json.
+
+    ``counts_file`` caches parameter counts (JSON name -> count) between runs.
+    """
     import timm
     import torchvision
 
     from finetunekit.backbones.timm_adapter import families
     from finetunekit.backbones.torchvision_adapter import all_names
 
+    cache = Path(counts_file) if counts_file else None
+    counts: dict[str, int] = json.loads(cache.read_text()) if cache and cache.exists() else {}
     reps = {}
     for family, names in sorted(families().items()):
-        counts = {n: param_count(n) for n in names}
+        counts.update({n: param_count(n) for n in names if n not in counts})
         reps[family] = min(names, key=lambda n: (counts[n], n))
         print(f"{family:28s} {reps[family]:45s} {counts[reps[family]] / 1e6:8.2f}M", flush=True)
     tv = sweep([f"torchvision/{n}" for n in all_names()], fine=True)
@@ -147,6 +152,8 @@ def write_table() -> None:
         "timm": {f: [n, tm[f"timm/{n}"][0]] for f, n in reps.items()},
     }
     TABLE.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    if cache:
+        cache.write_text(json.dumps(counts))
     print_table({**tv, **tm}, {})
 
 
@@ -157,13 +164,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-torchvision", action="store_true")
     parser.add_argument("--write-table", action="store_true")
+    parser.add_argument("--param-counts", help="JSON cache of timm parameter counts for --write-table")
     parser.add_argument("--trace", action="store_true", help="print tracebacks of failures")
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     print(f"torch threads: {torch.get_num_threads()}")
     if args.write_table:
-        write_table()
+        write_table(args.param_counts)
         return
     from finetunekit.backbones.torchvision_adapter import all_names
 

@@ -21,7 +21,7 @@ from .common import (
     state_keys_under,
     to_hw,
 )
-from .grouping import finalize_groups, groups_from_matcher, top_level_groups
+from .grouping import MATCH_PREV, finalize_groups, groups_from_matcher, top_level_groups
 from .weights import WeightsSource, load_weights
 
 
@@ -104,11 +104,41 @@ def head_paths(model: nn.Module) -> list[str]:
     return [module_path(model, h) for h in heads]
 
 
+def _efficientvim_matcher(model: nn.Module) -> dict[str, Any]:
+    """EfficientViM normalizes each stage's output for the heads (``norm.i`` after ``stages.i``);
+    timm leaves all of them with the classifier, which puts ``norm.0`` after ``stages.2``."""
+    n = len(model.stages)  # type: ignore[arg-type]
+    first = "|".join(str(i) for i in range(n))
+    return {
+        "stem": r"^patch_embed",
+        "blocks": [
+            (r"^stages\.(\d+)", None),
+            (rf"^norm\.({first})\.", None),
+            (r"^norm\.", (MATCH_PREV,)),
+        ],
+    }
+
+
+MATCHER_FIXES = {"EfficientViM": _efficientvim_matcher}
+
+
+def timm_matcher(model: nn.Module) -> Any:
+    """``group_matcher(coarse=True)``, fine-grained where timm has no coarse one (RDNet), fixed
+    where its grouping runs against the forward pass (see MATCHER_FIXES)."""
+    fix = MATCHER_FIXES.get(type(model).__name__)
+    if fix is not None:
+        return fix(model)
+    try:
+        return model.group_matcher(coarse=True)  # type: ignore[operator]
+    except AssertionError:  # "coarse grouping is not implemented"
+        return model.group_matcher(coarse=False)  # type: ignore[operator]
+
+
 def timm_groups(model: nn.Module, paths: list[str]) -> list:
     """timm's coarse stage groups, with exactly the classifier's params last."""
     head = [n for p in paths for n in param_names_under(model, p)]
     try:
-        raw = groups_from_matcher(model, model.group_matcher(coarse=True))  # type: ignore[operator]
+        raw = groups_from_matcher(model, timm_matcher(model))
     except (AttributeError, NotImplementedError):
         raw = top_level_groups(model)
     return finalize_groups(raw, head)

@@ -164,11 +164,17 @@ def disable_transform_input(model: nn.Module) -> None:
 
 
 def create_kwargs(name: str, image_size: tuple[int, int] | None) -> dict[str, Any]:
-    """Constructor arguments that give ``image_size`` to models that bake it in (ViT, MaxViT)."""
+    """Constructor arguments that give ``image_size`` to models that bake it in (ViT, MaxViT).
+
+    GoogLeNet / Inception v3 get ``init_weights=False`` (PyTorch's default init instead of scipy's
+    slow truncated normal; pretrained weights replace it anyway), which also silences their
+    FutureWarning about that default changing.
+    """
+    kwargs: dict[str, Any] = {"init_weights": False} if name in HALF_NORMALIZED else {}
     if image_size is None:
-        return {}
+        return kwargs
     if name.startswith("vit_"):
-        return {"image_size": image_size[0]}
+        kwargs["image_size"] = image_size[0]
     if name.startswith("maxvit"):
-        return {"input_size": image_size}
-    return {}
+        kwargs["input_size"] = image_size
+    return kwargs
