@@ -62,7 +62,7 @@ def fresh_head(old: nn.Module, num_classes: int) -> nn.Module:
         return nn.Conv2d(
             old.in_channels,
             num_classes,
-            kernel_size=old.kernel_size,
+            kernel_size=old.kernel_size,  # type: ignore[arg-type]
             bias=old.bias is not None,
             device=old.weight.device,
             dtype=old.weight.dtype,

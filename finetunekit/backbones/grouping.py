@@ -49,7 +49,7 @@ def _group_label(params: list[str], matcher: Matcher) -> str:
     ``stages.0``), which is the module path a user sees in ``print(model)``.
     """
     if not isinstance(matcher, Mapping):
-        return common_module_prefix(params) or "group"
+        return _span_label(params)
     rules = _compiled(matcher)
     for name in params:
         for key, rx, suffix in rules:
@@ -59,7 +59,17 @@ def _group_label(params: list[str], matcher: Matcher) -> str:
             if suffix is not None:
                 break  # merged into a previous group: does not name this one
             return m.group(0).rstrip(".") if any(g is not None for g in m.groups()) else key
-    return common_module_prefix(params) or "group"
+    return _span_label(params)
+
+
+def _span_label(params: list[str]) -> str:
+    """A name for a group no rule names: the module path its params share, else the first and last
+    top-level modules it spans (``Conv2d_1a_3x3..Conv2d_4a_3x3`` for Inception v3's stem)."""
+    prefix = common_module_prefix(params)
+    if prefix:
+        return prefix
+    first, last = params[0].split(".")[0], params[-1].split(".")[0]
+    return first if first == last else f"{first}..{last}"
 
 
 def common_module_prefix(param_names: list[str]) -> str:

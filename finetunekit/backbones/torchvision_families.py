@@ -153,14 +153,14 @@ def remove_aux_heads(model: nn.Module) -> list[str]:
             removed += [f"{attr}.{k}" for k in module.state_dict()]
             setattr(model, attr, None)
     if hasattr(model, "aux_logits"):
-        model.aux_logits = False
+        setattr(model, "aux_logits", False)  # noqa: B010 - a plain attribute, not a Module
     return removed
 
 
 def disable_transform_input(model: nn.Module) -> None:
     """See HALF_NORMALIZED: the data config normalizes to [-1, 1] instead."""
     if getattr(model, "transform_input", False):
-        model.transform_input = False
+        setattr(model, "transform_input", False)  # noqa: B010 - a plain attribute, not a Module
 
 
 def create_kwargs(name: str, image_size: tuple[int, int] | None) -> dict[str, Any]:
