@@ -94,20 +94,42 @@ def _unique(labels: list[str]) -> list[str]:
     return out
 
 
+_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)
+
+
+def _stage_containers(model: nn.Module) -> set[str]:
+    """Top-level ``Sequential`` / ``ModuleList`` children that hold stages: at least two elements
+    with parameters, each a composite module (a ``stages`` list of blocks, not a ``Conv, BN, ReLU``
+    stem), so each element becomes its own group."""
+    out = set()
+    for name, child in model.named_children():
+        if not isinstance(child, (nn.Sequential, nn.ModuleList)):
+            continue
+        holders = [m for m in child.children() if any(True for _ in m.parameters())]
+        if len(holders) >= 2 and all(any(True for _ in m.children()) for m in holders):
+            out.add(name)
+    return out
+
+
 def top_level_groups(model: nn.Module) -> list[LayerGroup]:
-    """Generic fallback: one group per top-level child, in registration order.
+    """Generic fallback: one group per top-level child, in registration order; a child that is a
+    list of stages (see :func:`_stage_containers`) gives one group per stage.
 
     Children without parameters (pooling, activations) vanish; parameters owned by the root module
     itself (a ``cls_token``) join the group that follows them, since they feed the first layers.
     """
     groups: list[LayerGroup] = []
     pending: list[str] = []
+    split = _stage_containers(model)
+    norms = {n for n, c in model.named_children() if isinstance(c, _NORMS)}
     for name, _ in model.named_parameters():
-        child, dot, _ = name.partition(".")
+        child, dot, rest = name.partition(".")
+        if dot and child in split:
+            child = f"{child}.{rest.partition('.')[0]}"
         if not dot:
             pending.append(name)
-        elif groups and groups[-1].name == child:
-            groups[-1].param_names.append(name)
+        elif groups and (groups[-1].name == child or child in norms):
+            groups[-1].param_names.append(name)  # a lone final norm belongs to the last stage
         else:
             groups.append(LayerGroup(child, [*pending, name]))
             pending = []

@@ -60,12 +60,18 @@ def expected_head_params(ft: FineTuner) -> list[str]:
 
 
 def head_out_features(head: nn.Module) -> set[int]:
-    """Output widths of every Linear / conv in the classifier (one per head for multi-head models)."""
-    return {
-        int(m.out_features if isinstance(m, nn.Linear) else m.out_channels)  # type: ignore[arg-type]
-        for m in head.modules()
-        if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv1d))
-    }
+    """Output widths of the classifier's last Linear / conv, per head (CrossViT: a list of heads).
+
+    Only the last layer gives the classes: timm's MLP heads (MetaFormer's ``MlpHead``) have a hidden
+    Linear too, which ``reset_classifier`` re-creates with the rest of the head.
+    """
+    heads = list(head) if isinstance(head, nn.ModuleList) else [head]
+    outs = set()
+    for h in heads:
+        layers = [m for m in h.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv1d))]
+        last = layers[-1]
+        outs.add(int(last.out_features if isinstance(last, nn.Linear) else last.out_channels))
+    return outs
 
 
 def execution_order(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
