@@ -125,8 +125,8 @@ MATCHER_FIXES = {"EfficientViM": _efficientvim_matcher}
 def timm_matcher(model: nn.Module) -> Any:
     """``group_matcher(coarse=True)``, fine-grained where timm has no coarse one (RDNet), fixed
     where its grouping runs against the forward pass (see MATCHER_FIXES)."""
-    fix = MATCHER_FIXES.get(type(model).__name__)
-    if fix is not None:
+    fix = next((MATCHER_FIXES[c.__name__] for c in type(model).__mro__ if c.__name__ in MATCHER_FIXES), None)
+    if fix is not None:  # by class name, subclasses included (EfficientViM's distilled variant)
         return fix(model)
     try:
         return model.group_matcher(coarse=True)  # type: ignore[operator]
