@@ -70,11 +70,13 @@ def plain_model(weights: str) -> nn.Module:
     return model
 
 
-def plain_run(data: tuple[torch.Tensor, ...], args: argparse.Namespace, seed: int) -> tuple[float, float]:
+def plain_run(
+    data: tuple[torch.Tensor, ...], args: argparse.Namespace, seed: int, lr: float
+) -> tuple[float, float]:
     x, y, xt, yt = data
     torch.manual_seed(seed)
     model = plain_model(args.weights)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(x, y), batch_size=args.batch_size, shuffle=True, generator=gen
@@ -118,6 +120,7 @@ def configs(lr: float) -> dict[str, Callable[[], tuple[Any, dict[str, Any]]]]:
     """name -> (strategy, compile kwargs). ``FineTuner(...)`` + ``compile()`` with no arguments first."""
     return {
         "defaults: FineTuner() + compile()": lambda: (None, {}),
+        "FullFineTune, one_cycle": lambda: (FullFineTune(), {"lr": lr, "schedule": "one_cycle"}),
         "FullFineTune, constant LR": lambda: (FullFineTune(), {"lr": lr, "schedule": "constant"}),
         "FullFineTune, cosine": lambda: (FullFineTune(), {"lr": lr, "schedule": "cosine"}),
         "FullFineTune, one_cycle, lr/3": lambda: (FullFineTune(), {"lr": lr / 3}),
@@ -127,6 +130,7 @@ def configs(lr: float) -> dict[str, Callable[[], tuple[Any, dict[str, Any]]]]:
         "DiscriminativeLR(0.5)": lambda: (DiscriminativeLR(0.5), {"lr": lr}),
         "LPFT(1), schedule restarts": lambda: (LPFT(probe_epochs=1), {"lr": lr}),
         "LPFT(1), one schedule": lambda: (LPFT(probe_epochs=1, restart_schedule=False), {"lr": lr}),
+        "LPFT(1, finetune_scale=0.5)": lambda: (LPFT(probe_epochs=1, finetune_scale=0.5), {"lr": lr}),
         "[GradualUnfreeze(1), DiscriminativeLR(0.7)]": lambda: (
             [GradualUnfreeze(every=1), DiscriminativeLR(0.7)],
             {"lr": lr},
@@ -135,12 +139,14 @@ def configs(lr: float) -> dict[str, Callable[[], tuple[Any, dict[str, Any]]]]:
 
 
 PLAIN = "plain PyTorch loop (AdamW, constant LR)"
+PLAIN_LOW = "plain PyTorch loop, lr/3"
 
 
 def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     table = configs(args.lr)
-    names = [PLAIN, *table] if not args.only else [n for n in args.only if n == PLAIN or n in table]
+    every = [PLAIN, PLAIN_LOW, *table]
+    names = every if not args.only else [n for n in args.only if n in every]
     for seed in args.seeds:
         x, y, xt, yt = load_digits_images(seed, args.n_train)
         xt, yt = xt[: args.n_test], yt[: args.n_test]
@@ -151,12 +157,13 @@ def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
             torch.from_numpy(yt),
         )
         for name in names:
-            if name == PLAIN:
-                acc, sec = plain_run(data, args, seed)
+            if name in (PLAIN, PLAIN_LOW):
+                acc, sec = plain_run(data, args, seed, args.lr / (3 if name == PLAIN_LOW else 1))
             else:
                 strategy, kwargs = table[name]()
                 acc, sec = tuner_run(strategy, kwargs, data, args, seed)
-            row = {"run": name, "seed": seed, "accuracy": acc, "seconds": sec, "invert": args.invert}
+            row = {"run": name, "seed": seed, "accuracy": acc, "seconds": sec, "invert": args.invert,
+                   "lr": args.lr, "epochs": args.epochs, "n_train": args.n_train}  # fmt: skip
             rows.append(row)
             print(json.dumps(row), flush=True)
             if args.out:

@@ -126,7 +126,7 @@ def suggest(lrs: list[float], losses: list[float], method: str) -> float | None:
     """Skip the first tenth (fastai does: the smoothed loss is still warming up) and non-finite points."""
     start = len(lrs) // 10
     pts = [(lr, loss) for lr, loss in zip(lrs[start:], losses[start:], strict=True) if math.isfinite(loss)]
-    if len(pts) < 3:
+    if len(pts) < 5:
         return None
     xs, ys = [p[0] for p in pts], [p[1] for p in pts]
     index = {"valley": valley, "steep": steep, "minimum": minimum}[method](xs, ys)
@@ -223,13 +223,12 @@ def find_lr(
     if ft._compiled is None:
         ft.compile()
     assert ft.optimizer is not None
-    loader = make_loader(
-        ft._prepare(x, y, augment=augment, what="x"), batch_size=batch_size, shuffle=True, seed=ft.seed
-    )
+    data = ft._prepare(x, y, augment=augment, what="x")
     lrs = [start_lr * (end_lr / start_lr) ** (i / (num_steps - 1)) for i in range(num_steps)]
     smoother = _Smoother(smooth, diverge)
-    snap = snapshot(ft.model, ft.optimizer)
+    snap = snapshot(ft.model, ft.optimizer)  # before the loader: it may draw its seed from torch's RNG
     try:
+        loader = make_loader(data, batch_size=batch_size, shuffle=True, seed=ft.seed)
         _sweep(ft, loader, lrs, smoother)
     finally:
         restore(ft.model, ft.optimizer, snap)
