@@ -60,6 +60,11 @@ class GradualUnfreeze(Strategy):
         self.decay = None if decay is None else _decay(decay)
         self.train_bn = train_bn
         self.milestones = None if milestones is None else self._check_milestones(milestones)
+        if self.milestones is not None and every != 1:
+            raise ConfigError(
+                f"GradualUnfreeze got every={every} and milestones={dict(milestones or {})}; pass one of "
+                f"them: every=k opens a group every k epochs, milestones gives the openings explicitly"
+            )
 
     @staticmethod
     def _check_milestones(milestones: Mapping[int, int]) -> dict[int, int]:
@@ -71,7 +76,15 @@ class GradualUnfreeze(Strategy):
                     f"e.g. {{0: 1, 2: 3, 4: 99}}"
                 )
             out[e] = n
-        return dict(sorted(out.items()))
+        ordered = dict(sorted(out.items()))
+        counts = list(ordered.values())
+        if counts != sorted(counts):
+            raise ConfigError(
+                f"milestones={ordered} closes groups again; gradual unfreezing only opens them, so the "
+                f"number of open groups must not decrease with the epoch (write a Strategy subclass to "
+                f"refreeze on purpose)"
+            )
+        return ordered
 
     def n_open(self, n_groups: int, epoch: int) -> int:
         if self.milestones is None:
