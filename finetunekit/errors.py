@@ -50,3 +50,7 @@ class CheckpointError(FineTuneKitError, ValueError):
 
 class NonFiniteLossError(FineTuneKitError, FloatingPointError):
     """The training loss became NaN or infinite."""
+
+
+class MissingDependencyError(FineTuneKitError, ImportError):
+    """An optional package a feature needs (e.g. matplotlib for plots) is not installed."""

@@ -35,6 +35,7 @@ class TrainContext:
     total_steps: int
     train_bn: bool
     norms_by_group: list[list[nn.Module]] = field(default_factory=list)
+    first_epoch: int = 0  # where this schedule cycle starts (a strategy may restart it, e.g. LPFT)
     nonfinite: str = "raise"  # compile(on_nonfinite=...): see finetunekit.nonfinite
     # Where the loop is, and what a checkpoint needs to resume it exactly (finetunekit.train_state).
     epoch: int = 0
@@ -45,6 +46,7 @@ class TrainContext:
     stop_requested: bool = False
     nonfinite_state: dict[str, torch.Tensor] | None = None
     buffer_backup: list[torch.Tensor] | None = None
+    step_applied: bool = True  # False after a step skipped for a non-finite loss
 
 
 def to_device(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,12 +83,12 @@ def train_epoch(
     for step, batch in enumerate(loader, start=start_step):
         callbacks.on_train_batch_begin(step)
         ctx.step = step
-        global_step = epoch * ctx.steps_per_epoch + step
+        global_step = (epoch - ctx.first_epoch) * ctx.steps_per_epoch + step
         multiplier = ctx.schedule(global_step / max(1, ctx.total_steps))
         write_lrs(ctx.optimizer, ctx.base_lr, multiplier, plan)
         x, y = to_device(batch, ctx.device)
-        loss, logits, applied = train_step(ctx, x, y)
-        if applied:
+        loss, logits = train_step(ctx, x, y)
+        if ctx.step_applied:
             tracker.update(loss, logits, y)
         if step % LOG_EVERY == 0:
             nonfinite.check_deferred(ctx)
@@ -99,25 +101,23 @@ def train_epoch(
     tuner.stop_training = tuner.stop_training or ctx.stop_requested
     logs = tracker.result()
     logs["lr"] = ctx.base_lr * ctx.schedule(
-        min(1.0, (epoch * ctx.steps_per_epoch + step + 1) / max(1, ctx.total_steps))
+        min(1.0, ((epoch - ctx.first_epoch) * ctx.steps_per_epoch + step + 1) / max(1, ctx.total_steps))
     )
     return logs
 
 
-def train_step(
-    ctx: TrainContext, x: torch.Tensor, y: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """One optimizer step on one batch; returns the detached loss and logits for metrics, and False
-    when the step was not applied because the loss was non-finite (see finetunekit.nonfinite: the
-    check happens before ``optimizer.step()``, so the weights stay those of the last good step)."""
+def train_step(ctx: TrainContext, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on one batch; returns the detached loss and logits for metrics. A non-finite
+    loss is caught before ``optimizer.step()`` (finetunekit.nonfinite), so the weights stay those of the
+    last good step; ``ctx.step_applied`` then says False."""
     buffers = nonfinite.snapshot_buffers(ctx)
     logits = ctx.model(x)
     loss = ctx.loss_fn(logits, y)
     ctx.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    applied = nonfinite.guarded_step(ctx, loss.detach(), buffers)
+    ctx.step_applied = nonfinite.guarded_step(ctx, loss.detach(), buffers)
     _step_torch_scheduler(ctx.schedule)
-    return loss.detach(), logits.detach(), applied
+    return loss.detach(), logits.detach()
 
 
 def _step_torch_scheduler(schedule: Callable[[float], float]) -> None:

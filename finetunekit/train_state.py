@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +36,12 @@ _COMPARED = ("spec", "num_classes", "in_chans", "strategy")
 class FitRun:
     """The parts of a running ``fit`` that checkpointing callbacks read (``tuner._run``)."""
 
-    ctx: Any  # loop.TrainContext
+    ctx: Any  # loop.TrainContext of the current schedule cycle (tuner._use_schedule_phase)
     callbacks: Any  # CallbackList
     loader: Any
     epochs: int
+    steps: int = 1  # batches per epoch
+    restarts: list[int] = field(default_factory=list)  # epochs where the strategy restarts the schedule
 
 
 @dataclass
@@ -84,6 +86,7 @@ def capture(tuner: Any, epoch: int, step: int) -> dict[str, bytes]:
         "optimizer": opt_meta,
         "rng": rng_meta,
         "schedule": ctx.schedule.state_dict() if hasattr(ctx.schedule, "state_dict") else None,
+        "schedule_cycle_start": ctx.first_epoch,
         "callbacks": _callback_states(run.callbacks),
     }
     if step > 0:  # mid-epoch: the running metrics and the RNG states the epoch started from
@@ -200,8 +203,10 @@ def restore(tuner: Any, folder: str | Path) -> ResumePoint:
             f"the weights in {str(folder)!r} do not fit this model: {str(e).splitlines()[0]}"
         ) from e
     flat_state.load_optimizer_state(tuner.optimizer, tuner.model, tensors, meta["optimizer"])
+    tuner._use_schedule_phase(int(meta["epoch"]))
     ctx = tuner._run.ctx
-    if meta["schedule"] is not None and hasattr(ctx.schedule, "load_state_dict"):
+    same_cycle = meta.get("schedule_cycle_start", 0) == ctx.first_epoch  # else a new cycle starts fresh
+    if meta["schedule"] is not None and same_cycle and hasattr(ctx.schedule, "load_state_dict"):
         ctx.schedule.load_state_dict(meta["schedule"])
     tuner.base_lr = float(meta["base_lr"])
     ctx.skipped = int(meta["skipped"])

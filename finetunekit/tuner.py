@@ -10,7 +10,7 @@ import os
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,11 +32,14 @@ from finetunekit.optim import (
     make_optimizer,
     norm_modules_by_group,
 )
-from finetunekit.schedules import get_schedule
+from finetunekit.schedules import get_schedule, schedule_phase
 from finetunekit.strategies import Plan, Strategy, check_plan, resolve_strategy
 from finetunekit.summary import format_summary
 from finetunekit.train_state import FitRun, ResumePoint
 from finetunekit.validation import check_fit_args, check_positive_int, resolve_device
+
+if TYPE_CHECKING:
+    from finetunekit.lr_finder import LRFinderResult
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ class FineTuner:
         seed: int | None = None,
         head: str | None = None,
         class_names: Sequence[str] | None = None,
+        groups: Sequence[str | Sequence[str]] | None = None,
     ):
         check_positive_int("num_classes", num_classes)
         check_positive_int("in_chans", in_chans)
@@ -102,6 +106,7 @@ class FineTuner:
             in_chans=in_chans,
             image_size=image_size,
             head=head,
+            groups=groups,
         )
         self._init_from_backbone(built, num_classes, in_chans, class_names)
 
@@ -243,7 +248,9 @@ class FineTuner:
             list(callbacks or []), tuner=self, add_history=True, add_progbar=verbose != 0,
             verbose=verbose, epochs=epochs, steps=steps,
         )  # fmt: skip
-        self._run = FitRun(self._train_context(steps, epochs), cbs, loader, epochs)
+        restarts = self.strategy.schedule_restarts(len(self._backbone.groups))
+        self._run = FitRun(None, cbs, loader, epochs, steps, restarts)
+        self._use_schedule_phase(initial_epoch)
         self._planned_epochs = epochs
         self.stop_training = False
         try:
@@ -259,10 +266,25 @@ class FineTuner:
         run.callbacks.on_train_begin()
         logs: dict[str, float] = {}
         for epoch in range(point.epoch, run.epochs):
+            self._use_schedule_phase(epoch)
             logs = self._fit_epoch(run, val_loader, epoch, point if epoch == point.epoch else None)
             if self.stop_training:
                 break
         run.callbacks.on_train_end(logs)
+
+    def _use_schedule_phase(self, epoch: int) -> None:
+        """Make ``self._run.ctx`` the TrainContext of the schedule cycle ``epoch`` belongs to: a strategy
+        may restart the schedule (LPFT's fine-tuning phase). The non-finite policy and skip count of the
+        previous cycle carry over (TerminateOnNaN sets the policy once per fit)."""
+        run = self._run
+        assert run is not None
+        start, end = schedule_phase(run.restarts, run.epochs, epoch)
+        old = run.ctx
+        if old is not None and old.first_epoch == start:
+            return
+        run.ctx = self._train_context(run.steps, end - start, first_epoch=start)
+        if old is not None:
+            run.ctx.nonfinite, run.ctx.skipped = old.nonfinite, old.skipped
 
     def _resume_point(self, run: FitRun, initial_epoch: int) -> ResumePoint:
         """An interrupted run's position when a BackupAndRestore holds one, else ``initial_epoch``."""
@@ -317,7 +339,7 @@ class FineTuner:
             require_labels=require_labels, num_classes=self.num_classes, what=what,
         )  # fmt: skip
 
-    def _train_context(self, steps: int, epochs: int) -> loop.TrainContext:
+    def _train_context(self, steps: int, epochs: int, first_epoch: int = 0) -> loop.TrainContext:
         cfg = self._compiled
         assert cfg is not None and self.optimizer is not None
         total = steps * epochs
@@ -325,7 +347,7 @@ class FineTuner:
             model=self.model, optimizer=self.optimizer, loss_fn=cfg.loss_fn,
             schedule=get_schedule(cfg.schedule, total, **cfg.schedule_kwargs), base_lr=cfg.lr,
             metrics=cfg.metrics, device=self.device, steps_per_epoch=steps, total_steps=total,
-            train_bn=self.strategy.train_bn, norms_by_group=self._norms_by_group,
+            train_bn=self.strategy.train_bn, norms_by_group=self._norms_by_group, first_epoch=first_epoch,
             nonfinite=cfg.on_nonfinite,
         )  # fmt: skip
 
@@ -392,10 +414,11 @@ class FineTuner:
         state, config = saving.load_model_folder(path)
         num_classes = int(config["num_classes"])
         if model is not None:
-            head = config["backbone"].get("head")
+            head, groups = config["backbone"].get("head"), config["backbone"].get("groups")
             built = build_backbone(
-                model, num_classes, pretrained=False, in_chans=int(config["in_chans"]), head=head
-            )
+                model, num_classes, pretrained=False, in_chans=int(config["in_chans"]), head=head,
+                groups=groups,
+            )  # fmt: skip
         else:
             built = rebuild_backbone(config["backbone"], num_classes)
         built.data_config = DataConfig.from_dict(config["data_config"])
@@ -413,14 +436,29 @@ class FineTuner:
             ) from e
         return self
 
+    # --------------------------------------------------------------------------------------- find_lr
+    def find_lr(self, x: Any = None, y: Any = None, *, start_lr: float = 1e-7, end_lr: float = 10.0,
+                num_steps: int = 100, batch_size: int = 32, **kwargs: Any) -> LRFinderResult:  # fmt: skip
+        """fastai's LR range test under the epoch-0 plan; model, optimizer and RNGs are left exactly as
+        they were. Returns the LR/loss curve and ``suggested_lr``; ``.plot()`` draws it. See
+        :func:`finetunekit.lr_finder.find_lr` for the other options."""
+        from finetunekit.lr_finder import find_lr
+
+        return find_lr(self, x, y, start_lr=start_lr, end_lr=end_lr, num_steps=num_steps,
+                       batch_size=batch_size, **kwargs)  # fmt: skip
+
     # --------------------------------------------------------------------------------------- summary
     def summary(self, epochs: int | None = None) -> str:
         """Per layer group: parameters and, for each epoch of the plan, its LR (or frozen) and BN mode."""
         n_groups = len(self._backbone.groups)
-        horizon = epochs or self._planned_epochs or max(1, self.strategy.horizon(n_groups))
+        known = epochs or self._planned_epochs
+        horizon = known or max(1, self.strategy.horizon(n_groups))
         plans = [self.plan(e) for e in range(horizon)]
         base_lr = self._compiled.lr if self._compiled else None
-        return format_summary(self.spec, self.groups, plans, base_lr, self.strategy, self._norms_by_group)
+        return format_summary(
+            self.spec, self.groups, plans, base_lr, self.strategy, self._norms_by_group,
+            open_ended=not known, restarts=self.strategy.schedule_restarts(n_groups),
+        )  # fmt: skip
 
     def __repr__(self) -> str:
         return f"FineTuner({self.spec!r}, num_classes={self.num_classes}, strategy={self.strategy!r})"
