@@ -50,3 +50,7 @@ class CheckpointError(FineTuneKitError, ValueError):
 
 class NonFiniteLossError(FineTuneKitError, FloatingPointError):
     """The training loss became NaN or infinite."""
+
+
+class DistributedError(FineTuneKitError, RuntimeError):
+    """Multi-process training cannot continue: a setting does not fit the job, or another rank failed."""

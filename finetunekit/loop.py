@@ -34,6 +34,7 @@ class TrainContext:
     total_steps: int
     train_bn: bool
     norms_by_group: list[list[nn.Module]] = field(default_factory=list)
+    sync_metrics: bool = False  # [distributed] epoch metrics summed over ranks (finetunekit.distributed)
 
 
 def to_device(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,6 +69,8 @@ def train_epoch(
         callbacks.on_train_batch_end(step, batch_logs)
         if tuner.stop_training:
             break
+    if ctx.sync_metrics:  # [distributed]
+        tracker.all_reduce()
     logs = tracker.result()
     logs["lr"] = ctx.base_lr * ctx.schedule(
         min(1.0, (epoch * ctx.steps_per_epoch + step + 1) / max(1, ctx.total_steps))
@@ -100,8 +103,10 @@ def evaluate_loader(
     metrics: list[str],
     device: torch.device,
     callbacks: CallbackList,
+    sync_metrics: bool = False,
 ) -> dict[str, float]:
-    """Mean loss and metrics over a labelled loader, in eval mode; restores the model's mode after."""
+    """Mean loss and metrics over a labelled loader, in eval mode; restores the model's mode after.
+    ``sync_metrics``: sums and counts are added over DDP ranks, which each evaluated their own shard."""
     was_training = model.training
     model.eval()
     tracker = MetricTracker(metrics, device)
@@ -112,6 +117,8 @@ def evaluate_loader(
         logits = model(x)
         tracker.update(loss_fn(logits, y), logits, y)
         callbacks.on_test_batch_end(step)
+    if sync_metrics:  # [distributed]
+        tracker.all_reduce()
     logs = tracker.result()
     callbacks.on_test_end(logs)
     model.train(was_training)

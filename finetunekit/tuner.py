@@ -20,7 +20,10 @@ from finetunekit import loop, saving
 from finetunekit.backbones import build_backbone, rebuild_backbone
 from finetunekit.backbones.base import Backbone, DataConfig
 from finetunekit.callbacks import Callback, CallbackList, History
-from finetunekit.data import PreparedData, make_loader, prepare_data, split_validation
+from finetunekit.data import PreparedData, prepare_data, split_validation
+from finetunekit.distributed import run_on_main
+from finetunekit.distributed.failure import guard
+from finetunekit.distributed.run import run_for
 from finetunekit.errors import CheckpointError, ConfigError
 from finetunekit.metrics import check_metrics
 from finetunekit.optim import (
@@ -82,10 +85,16 @@ class FineTuner:
         seed: int | None = None,
         head: str | None = None,
         class_names: Sequence[str] | None = None,
+        distributed: bool | None = None,
+        sync_bn: bool = False,
     ):
+        """``distributed``: None runs DDP when launched by torchrun (or a process group exists), True
+        insists, False never (each process trains alone). ``sync_bn`` turns BatchNorm into SyncBatchNorm
+        under DDP (CUDA only). See docs/distributed.md."""
         check_positive_int("num_classes", num_classes)
         check_positive_int("in_chans", in_chans)
         self.seed = seed
+        self.distributed, self.sync_bn = distributed, bool(sync_bn)  # [distributed]
         if seed is not None:
             seed_everything(seed)
         self.device = resolve_device(device)
@@ -173,6 +182,7 @@ class FineTuner:
         return self
 
     # ------------------------------------------------------------------------------------------ fit
+    @guard  # [distributed] one rank failing stops all, naming the cause
     def fit(
         self,
         x: Any = None,
@@ -200,26 +210,33 @@ class FineTuner:
         if self.seed is not None:
             seed_everything(self.seed)
         train, val = self._fit_data(x, y, validation_split, validation_data, augment)
-        loader = make_loader(train, batch_size=batch_size, shuffle=shuffle, seed=self.seed)
-        val_loader = make_loader(val, batch_size=batch_size, shuffle=False, seed=None) if val else None
+        dist = run_for(self)  # [distributed] DDP / sharding when launched by torchrun; else pass-through
+        loader = dist.train_loader(train, batch_size, shuffle, self.seed)
+        val_loader = dist.eval_loader(val, batch_size) if val else None
+        dist.seed_ranks(self.seed)
         steps = _num_batches(loader)
         cbs = CallbackList(
-            list(callbacks or []), tuner=self, add_history=True, add_progbar=verbose != 0,
-            verbose=verbose, epochs=epochs, steps=steps,
+            [*(callbacks or []), *dist.callbacks()], tuner=self, add_history=True,
+            add_progbar=verbose != 0, verbose=verbose, epochs=epochs, steps=steps,
         )  # fmt: skip
         ctx = self._train_context(steps, epochs)
+        ctx.sync_metrics = dist.active
         self._planned_epochs = epochs
         self.stop_training = False
         logs: dict[str, float] = {}
         cbs.on_train_begin()
         for epoch in range(initial_epoch, epochs):
             plan = self._apply_plan(epoch)
+            dist.bind_model(ctx, self.model)  # [distributed] DDP over the trainable set; rebuilt on change
+            dist.set_epoch(loader, epoch)
             cbs.on_epoch_begin(epoch)
             logs = loop.train_epoch(ctx, loader, epoch, plan, cbs, self)
+            dist.end_epoch(self.model)  # [distributed] rank 0's BN statistics everywhere
             if val_loader is not None:
                 val_logs = loop.evaluate_loader(
-                    self.model, val_loader, ctx.loss_fn, ctx.metrics, self.device, cbs
-                )
+                    self.model, val_loader, ctx.loss_fn, ctx.metrics, self.device, cbs,
+                    sync_metrics=dist.active,
+                )  # fmt: skip
                 logs.update({f"val_{k}": v for k, v in val_logs.items()})
             cbs.on_epoch_end(epoch, logs)
             if self.stop_training:
@@ -278,6 +295,7 @@ class FineTuner:
         return plan
 
     # ---------------------------------------------------------------------------- evaluate/predict
+    @guard  # [distributed]
     def evaluate(self, x: Any = None, y: Any = None, batch_size: int = 32, verbose: int = 0,
                  callbacks: Sequence[Callback] | None = None) -> dict[str, float]:  # fmt: skip
         """Loss and metrics on labelled data, as Python floats."""
@@ -286,26 +304,33 @@ class FineTuner:
             self.compile()
         assert self._compiled is not None
         data = self._prepare(x, y, augment=False, what="x")
-        loader = make_loader(data, batch_size=batch_size, shuffle=False, seed=None)
+        dist = run_for(self)  # [distributed] each rank evaluates its shard; sums are all-reduced
+        loader = dist.eval_loader(data, batch_size)
         cbs = CallbackList(list(callbacks or []), tuner=self)
         return loop.evaluate_loader(
-            self.model, loader, self._compiled.loss_fn, self._compiled.metrics, self.device, cbs
-        )
+            self.model, loader, self._compiled.loss_fn, self._compiled.metrics, self.device, cbs,
+            sync_metrics=dist.active,
+        )  # fmt: skip
 
+    @guard  # [distributed]
     def predict(self, x: Any, batch_size: int = 32, verbose: int = 0,
                 callbacks: Sequence[Callback] | None = None) -> np.ndarray:  # fmt: skip
         """Class probabilities, shape (N, num_classes), in input order."""
         check_positive_int("batch_size", batch_size)
         data = self._prepare(x, None, augment=False, what="x", require_labels=False)
-        loader = make_loader(data, batch_size=batch_size, shuffle=False, seed=None)
+        dist = run_for(self)  # [distributed] each rank predicts its shard; gathered in input order
+        loader = dist.eval_loader(data, batch_size)
         probs = loop.predict_loader(
             self.model, loader, self.device, CallbackList(list(callbacks or []), tuner=self)
         )
-        return probs.reshape(-1, self.num_classes)
+        return dist.gather_rows(probs.reshape(-1, self.num_classes), data)
 
     # ------------------------------------------------------------------------------------ save/load
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write ``path/model.safetensors`` and ``path/config.json`` atomically; no pickle."""
+        """Write ``path/model.safetensors`` and ``path/config.json`` atomically; no pickle.
+
+        Under DDP call it on every rank: rank 0 writes, the others wait until the files are complete
+        (and raise if rank 0 could not write), so a ``load`` right after sees them."""
         config = {
             "backbone": self._backbone.build_kwargs,
             "spec": self.spec,
@@ -315,11 +340,11 @@ class FineTuner:
             "class_names": self.class_names,
             "strategy": self.strategy.config(),
         }
-        saving.save_model_folder(path, self.model.state_dict(), config)
+        run_on_main(lambda: saving.save_model_folder(path, self.model.state_dict(), config), "save")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, device: str | torch.device = "auto",
-             model: nn.Module | None = None) -> FineTuner:  # fmt: skip
+             model: nn.Module | None = None, distributed: bool | None = None) -> FineTuner:  # fmt: skip
         """Rebuild a saved FineTuner without network. ``model=`` supplies the module for custom backbones."""
         state, config = saving.load_model_folder(path)
         num_classes = int(config["num_classes"])
@@ -333,6 +358,7 @@ class FineTuner:
         built.data_config = DataConfig.from_dict(config["data_config"])
         self = cls.__new__(cls)
         self.seed = None
+        self.distributed, self.sync_bn = distributed, False  # [distributed]
         self.device = resolve_device(device)
         self.strategy = resolve_strategy(None)
         self._init_from_backbone(built, num_classes, int(config["in_chans"]), config.get("class_names"))

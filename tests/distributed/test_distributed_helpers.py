@@ -1,0 +1,127 @@
+"""finetunekit.distributed without a process group: the helpers answer as one process, the sampler
+gives DDP ranks the single-process permutation, evaluation shards cover every sample once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers import TinyNet, make_images
+
+from finetunekit import FineTuner, distributed
+from finetunekit.backbones.base import DataConfig
+from finetunekit.data import make_loader, prepare_data
+from finetunekit.distributed import collectives, env
+from finetunekit.distributed.failure import is_peer_failure
+from finetunekit.distributed.run import DistributedRun, _convert_sync_bn, run_for
+from finetunekit.errors import ConfigError, DistributedError
+
+TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(autouse=True)
+def no_torchrun(monkeypatch):
+    for name in TORCHRUN_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+def prepared(n: int = 21):
+    x, y = make_images(n, 3, 8, seed=0)
+    cfg = DataConfig(input_size=(3, 8, 8), mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bilinear")
+    return prepare_data(x, y, data_config=cfg, in_chans=3, augment=False, require_labels=True)
+
+
+def test_helpers_answer_as_one_process_without_a_process_group():
+    assert not distributed.is_initialized()
+    assert distributed.world_size() == 1 and distributed.rank() == 0 and distributed.is_main_process()
+    distributed.barrier()  # no-op, returns
+    assert distributed.broadcast_object({"a": 1}) == {"a": 1}
+    assert distributed.any_rank(True) and not distributed.any_rank(False)
+    t = torch.arange(3.0)
+    assert distributed.all_reduce_sum(t) is t
+    rows = np.ones((4, 2))
+    assert distributed.gather_rows(rows) is rows
+    assert distributed.run_on_main(lambda: 42) == 42
+    with pytest.raises(OSError, match="disk full"):  # a write failing in one process raises as is
+        distributed.run_on_main(lambda: (_ for _ in ()).throw(OSError("disk full")))
+    distributed.shutdown()  # nothing of ours to destroy
+
+
+def test_distributed_true_without_torchrun_explains_how_to_launch():
+    assert env.wants_distributed(None) is False and env.wants_distributed(False) is False
+    with pytest.raises(ConfigError, match="torchrun --nproc_per_node"):
+        env.wants_distributed(True)
+    with pytest.raises(ConfigError, match="distributed='yes'"):
+        env.wants_distributed("yes")  # type: ignore[arg-type]
+
+
+def test_fit_in_one_process_is_not_distributed(images):
+    x, y = images
+    ft = FineTuner(TinyNet(), num_classes=3, image_size=16, device="cpu", seed=0)
+    ft.fit(x[:16], y[:16], batch_size=8, epochs=1, verbose=0)
+    run = run_for(ft)
+    assert not run.active and run.ddp is None and run.callbacks() == []
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_rank_batches_together_are_the_single_process_batches(world):
+    """DistributedSampler with the fit seed: rank r takes p[r::world] of the single-process permutation,
+    so with per-rank batch b the ranks' step-k batches are the single-process batch k of size world*b."""
+    data, b = prepared(24), 2
+    single = make_loader(data, batch_size=world * b, shuffle=True, seed=7)
+    ranks = [
+        make_loader(data, batch_size=b, shuffle=True, seed=7, num_replicas=world, rank=r) for r in range(world)
+    ]
+    for epoch in (0, 1):
+        for loader in (single, *ranks):
+            DistributedRun.set_epoch(loader, epoch)
+        expected = [sorted(batch[1].tolist()) for batch in single]
+        labels_per_rank = [[batch for batch in loader] for loader in ranks]
+        for k, want in enumerate(expected):
+            got = sorted(sum((lr[k][1].tolist() for lr in labels_per_rank), []))
+            assert got == want
+        images_single = torch.cat([batch[0] for batch in single])
+        assert images_single.shape[0] == 24
+    # set_epoch changes the permutation; the same epoch repeats it exactly
+    DistributedRun.set_epoch(single, 0)
+    e0 = torch.cat([batch[1] for batch in single])
+    DistributedRun.set_epoch(single, 1)
+    e1 = torch.cat([batch[1] for batch in single])
+    DistributedRun.set_epoch(single, 0)
+    assert torch.equal(e0, torch.cat([batch[1] for batch in single])) and not torch.equal(e0, e1)
+
+
+@pytest.mark.parametrize("n, world", [(21, 2), (21, 4), (3, 4), (0, 2), (100, 7)])
+def test_evaluation_shards_are_contiguous_unpadded_and_cover_every_sample_once(monkeypatch, n, world):
+    parts = []
+    for r in range(world):
+        monkeypatch.setattr(env, "world_size", lambda: world)
+        monkeypatch.setattr(env, "rank", lambda r=r: r)
+        parts.append(collectives.shard_range(n))
+    assert [i for p in parts for i in p] == list(range(n))
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_sync_bn_on_cpu_is_a_clear_error():
+    ft = FineTuner(TinyNet(), num_classes=3, image_size=16, device="cpu", sync_bn=True)
+    with pytest.raises(ConfigError, match="sync_bn=True needs GPUs"):
+        _convert_sync_bn(ft)
+
+
+def test_collective_errors_are_told_apart_from_user_errors():
+    assert is_peer_failure(RuntimeError("[gloo/transport/tcp/pair.cc:561] Connection closed by peer"))
+    assert is_peer_failure(torch.distributed.DistBackendError("NCCL communicator was aborted"))
+    assert not is_peer_failure(ValueError("bad label 7"))
+    assert not is_peer_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not is_peer_failure(DistributedError("rank 0 failed to save"))
+
+
+def test_progbar_prints_only_on_rank_zero(monkeypatch, images, capsys):
+    x, y = images
+    ft = FineTuner(TinyNet(), num_classes=3, image_size=16, device="cpu", seed=0)
+    monkeypatch.setattr(env, "rank", lambda: 1)
+    ft.fit(x[:16], y[:16], batch_size=8, epochs=1, verbose=2)
+    assert "Epoch" not in capsys.readouterr().out
+    monkeypatch.setattr(env, "rank", lambda: 0)
+    ft.fit(x[:16], y[:16], batch_size=8, epochs=1, verbose=2)
+    assert "Epoch 1/1" in capsys.readouterr().out
