@@ -160,9 +160,9 @@ class SaveEachEpoch(Callback):
         distributed.run_on_main(lambda: (self.folder / "ckpt_epoch.json").write_text(json.dumps(epoch)))
 
     def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
-        if self.fail_epoch is not None and self._epoch == self.fail_epoch and batch == 1:
-            if distributed.rank() == 1:
-                raise RuntimeError("simulated crash of rank 1 in epoch 1")
+        failing = self.fail_epoch is not None and self._epoch == self.fail_epoch and batch == 1
+        if failing and distributed.rank() == 1:
+            raise RuntimeError("simulated crash of rank 1 in epoch 1")
 
     def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
         self._epoch = epoch
