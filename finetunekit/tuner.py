@@ -254,8 +254,8 @@ class FineTuner:
         if validation_data is not None:
             vx, vy = validation_data if isinstance(validation_data, tuple) else (validation_data, None)
             return train, self._prepare(vx, vy, augment=False, what="validation_data")
-        if validation_split:
-            return split_validation(train, validation_split, self.seed)
+        if validation_split:  # [distributed] every rank must split alike, seed or not
+            return split_validation(train, validation_split, run_for(self).shared_seed(self.seed))
         return train, None
 
     def _prepare(

@@ -86,6 +86,13 @@ class DistributedRun:
             return rows
         return collectives.gather_rows(rows)
 
+    def shared_seed(self, seed: int | None) -> int | None:
+        """``seed``, or under DDP without one, a seed drawn on rank 0 for every rank: random choices that
+        must agree across ranks (the validation split) cannot use each rank's own unseeded RNG."""
+        if seed is not None or not self.active:
+            return seed
+        return collectives.broadcast_object(int(torch.randint(0, 2**62, (1,)).item()))
+
     @staticmethod
     def set_epoch(loader: Any, epoch: int) -> None:
         """``sampler.set_epoch``: the shuffle of epoch e is ``randperm`` seeded ``seed + e``, with or

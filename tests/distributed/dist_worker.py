@@ -130,6 +130,7 @@ def scenario_main(out: Path) -> None:
         "save_calls": calls,
         "loaded_equals_saved": same,
         "owns_group": distributed.owns_process_group(),
+        "shared_seed": run.shared_seed(None),  # validation_split without a seed: one split for all ranks
     }
     (out / f"main_rank{rank}.json").write_text(json.dumps(report))
 

@@ -85,6 +85,7 @@ def test_ddp_is_rebuilt_once_per_trainable_set_and_old_wrappers_are_freed(main_r
         assert rep["ddp_builds"] == 3  # head; stage1 + head; all
         assert rep["old_wrapper_collected"]
         assert rep["owns_group"]
+    assert report(main_run, 0)["shared_seed"] == report(main_run, 1)["shared_seed"] is not None
 
 
 def test_history_and_evaluate_equal_one_process_without_padding_duplicates(main_run, single):
