@@ -21,10 +21,10 @@ from finetunekit.errors import ConfigError
 
 #: torchrun (torch.distributed.run) sets these for every worker it starts.
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-#: Seconds a collective may wait for a missing rank before failing (torch's own default for gloo is 30
-#: minutes). A crashed rank normally ends the job at once (torchrun or a closed connection); this bounds
-#: the case where a rank is alive but stuck. Override with FINETUNEKIT_DIST_TIMEOUT or init(timeout_s=).
-DEFAULT_TIMEOUT_S = 1800.0
+#: FINETUNEKIT_DIST_TIMEOUT (seconds) or init(timeout_s=) bound how long a collective waits for a rank
+#: that is alive but stuck; unset, torch's defaults apply (10 minutes for NCCL, 30 for gloo). A crashed
+#: rank does not need it: torchrun or the closed connection ends the job at once.
+TIMEOUT_VAR = "FINETUNEKIT_DIST_TIMEOUT"
 
 _owned = False  # whether finetunekit created the default process group (and so may destroy it)
 _control_group: Any = None  # a gloo group for small CPU-side messages when the default group is NCCL
@@ -84,14 +84,14 @@ def wants_distributed(flag: bool | None) -> bool:
     return False
 
 
-def _timeout(timeout_s: float | None) -> timedelta:
-    value = timeout_s if timeout_s is not None else os.environ.get("FINETUNEKIT_DIST_TIMEOUT")
+def _timeout(timeout_s: float | None) -> timedelta | None:
+    value = timeout_s if timeout_s is not None else os.environ.get(TIMEOUT_VAR)
+    if value is None:
+        return None
     try:
-        seconds = float(value) if value is not None else DEFAULT_TIMEOUT_S
+        seconds = float(value)
     except ValueError as e:
-        raise ConfigError(
-            f"FINETUNEKIT_DIST_TIMEOUT={value!r} is not a number; expected seconds, e.g. 600"
-        ) from e
+        raise ConfigError(f"{TIMEOUT_VAR}={value!r} is not a number; expected seconds, e.g. 600") from e
     if not seconds > 0:
         raise ConfigError(f"the distributed timeout {seconds!r} is invalid; expected seconds > 0, e.g. 600")
     return timedelta(seconds=seconds)
@@ -129,7 +129,7 @@ def init(device: torch.device | None = None, timeout_s: float | None = None) -> 
     return True
 
 
-def _restart_safe_store(timeout: timedelta) -> Any:
+def _restart_safe_store(timeout: timedelta | None) -> Any:
     """The agent's store, with keys private to this restart of a single-node torchrun job.
 
     torchrun keeps one store across ``--max-restarts`` restarts, and the process group's rendezvous keys
@@ -143,7 +143,7 @@ def _restart_safe_store(timeout: timedelta) -> Any:
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     store = dist.TCPStore(
         os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), int(os.environ["WORLD_SIZE"]),
-        is_master=False, timeout=timeout,
+        is_master=False, timeout=timeout or timedelta(minutes=30),
     )  # fmt: skip
     return dist.PrefixStore(f"finetunekit/attempt_{attempt}", store)
 

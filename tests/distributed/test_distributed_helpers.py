@@ -15,6 +15,7 @@ from finetunekit.distributed import collectives, env
 from finetunekit.distributed.failure import is_peer_failure
 from finetunekit.distributed.run import DistributedRun, _convert_sync_bn, run_for
 from finetunekit.errors import ConfigError, DistributedError
+from finetunekit.strategies import GradualUnfreeze
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -119,3 +120,47 @@ def test_progbar_prints_only_on_rank_zero(monkeypatch, images, capsys):
     monkeypatch.setattr(env, "rank", lambda: 0)
     ft.fit(x[:16], y[:16], batch_size=8, epochs=1, verbose=2)
     assert "Epoch 1/1" in capsys.readouterr().out
+
+
+def test_init_outside_torchrun_and_bad_timeouts_are_clear_errors(monkeypatch):
+    with pytest.raises(ConfigError, match="torchrun --nproc_per_node"):
+        env.init(torch.device("cpu"))
+    monkeypatch.setenv("FINETUNEKIT_DIST_TIMEOUT", "soon")
+    with pytest.raises(ConfigError, match="FINETUNEKIT_DIST_TIMEOUT='soon'"):
+        env._timeout(None)
+    with pytest.raises(ConfigError, match="seconds > 0"):
+        env._timeout(-1)
+    assert env._timeout(5).total_seconds() == 5  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def user_group(tmp_path):
+    """A process group the *user* initialized (world size 1, in this process); destroyed after."""
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        yield
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_a_users_process_group_is_used_and_never_destroyed(user_group, images):
+    x, y = images
+
+    def trained(distributed_flag):
+        torch.manual_seed(0)
+        ft = FineTuner(TinyNet(), num_classes=3, image_size=16, device="cpu", seed=0,
+                       strategy=GradualUnfreeze(every=1), distributed=distributed_flag)  # fmt: skip
+        ft.fit(x[:32], y[:32], batch_size=8, epochs=2, augment=False, verbose=0)
+        return ft
+
+    ddp, alone = trained(None), trained(False)
+    run = run_for(ddp)
+    assert run.active and run.builds == 2 and not run_for(alone).active
+    assert not env.owns_process_group()
+    distributed.shutdown()
+    assert torch.distributed.is_initialized()  # the user's group survives our shutdown
+    # DDP over one process computes what one process computes, bitwise.
+    for (name, a), b in zip(ddp.model.state_dict().items(), alone.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
