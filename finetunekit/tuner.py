@@ -21,7 +21,6 @@ from finetunekit.backbones import build_backbone, rebuild_backbone
 from finetunekit.backbones.base import Backbone, DataConfig
 from finetunekit.callbacks import Callback, CallbackList, History
 from finetunekit.data import PreparedData, prepare_data, split_validation
-from finetunekit.distributed import run_on_main
 from finetunekit.distributed.failure import guard
 from finetunekit.distributed.run import run_for
 from finetunekit.errors import CheckpointError, ConfigError
@@ -242,6 +241,7 @@ class FineTuner:
             if self.stop_training:
                 break
         cbs.on_train_end(logs)
+        dist.release()  # [distributed] free DDP's gradient buckets (a copy of every trainable gradient)
         self.history = cbs.history
         return cbs.history
 
@@ -340,7 +340,8 @@ class FineTuner:
             "class_names": self.class_names,
             "strategy": self.strategy.config(),
         }
-        run_on_main(lambda: saving.save_model_folder(path, self.model.state_dict(), config), "save")
+        write = lambda: saving.save_model_folder(path, self.model.state_dict(), config)  # noqa: E731
+        run_for(self).run_on_main(write, "save")  # [distributed] rank 0 writes, every rank waits
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, device: str | torch.device = "auto",

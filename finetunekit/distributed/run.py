@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import gc
 import warnings
+import weakref
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -41,6 +43,7 @@ class DistributedRun:
         self.ddp: DistributedDataParallel | None = None
         self._ddp_key: tuple[int, tuple[bool, ...]] | None = None
         self.builds = 0  # DDP wrappers built so far: one per change of the trainable set
+        self.built: list[weakref.ref[DistributedDataParallel]] = []  # each dead once released
 
     # ------------------------------------------------------------------------------------------ data
     def train_loader(
@@ -132,14 +135,21 @@ class DistributedRun:
             )  # buffers (BN statistics) follow rank 0 at each forward: DDP's default
             self._ddp_key = key
             self.builds += 1
+            self.built.append(weakref.ref(self.ddp))
             ctx.model = self.ddp
 
     def release(self) -> None:
-        """Drop the DDP wrapper (and its gradient hooks) now rather than at some later collection."""
+        """Drop the DDP wrapper (its gradient hooks and buckets) now rather than at some later
+        collection: before building the next one, and when fit ends."""
         if self.ddp is not None:
             self.ddp = None
             self._ddp_key = None
             gc.collect()
+
+    def run_on_main(self, fn: Callable[[], Any], what: str) -> Any:
+        """``fn()`` once per job (rank 0, every rank waiting; see collectives.run_on_main), or plainly in a
+        process that trains alone (also ``distributed=False`` under torchrun: each process saves its own)."""
+        return collectives.run_on_main(fn, what) if self.active else fn()
 
     def end_epoch(self, model: nn.Module) -> None:
         """After an epoch's steps: every rank takes rank 0's buffers (BatchNorm statistics), so

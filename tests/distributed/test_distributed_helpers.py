@@ -157,7 +157,8 @@ def test_a_users_process_group_is_used_and_never_destroyed(user_group, images):
 
     ddp, alone = trained(None), trained(False)
     run = run_for(ddp)
-    assert run.active and run.builds == 2 and not run_for(alone).active
+    assert run.active and run.builds == len(run.built) == 2 and not run_for(alone).active
+    assert run.ddp is None and all(ref() is None for ref in run.built)  # released, hooks gone
     assert not env.owns_process_group()
     distributed.shutdown()
     assert torch.distributed.is_initialized()  # the user's group survives our shutdown
