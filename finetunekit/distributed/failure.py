@@ -36,10 +36,19 @@ def guard(method: F) -> F:
             return method(*args, **kwargs)
         except Exception as e:
             if env.is_initialized() and env.world_size() > 1 and not getattr(e, "_finetunekit_seen", False):
+                _release_ddp(args[0] if args else None)
                 _handle(e)
             raise
 
     return cast(F, wrapper)
+
+
+def _release_ddp(tuner: Any) -> None:
+    """Free the DDP wrapper before the process group goes: a reducer outliving its group can abort the
+    interpreter at exit ("terminate called without an active exception")."""
+    run = getattr(tuner, "_distributed_run", None)
+    if run is not None:
+        run.release()
 
 
 def is_peer_failure(e: BaseException) -> bool:
