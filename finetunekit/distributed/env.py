@@ -113,8 +113,8 @@ def init(device: torch.device | None = None, timeout_s: float | None = None) -> 
             "--nproc_per_node=N script.py` or initialize torch.distributed yourself"
         )
     cuda = device is not None and device.type == "cuda"
-    if cuda:
-        torch.cuda.set_device(device)  # NCCL and object collectives use the current device
+    if cuda and device is not None and device.index is not None:
+        torch.cuda.set_device(device)  # NCCL collectives use the current device
     backend, timeout = "nccl" if cuda else "gloo", _timeout(timeout_s)
     store = _restart_safe_store(timeout)
     if store is None:
