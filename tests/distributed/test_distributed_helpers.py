@@ -165,3 +165,22 @@ def test_a_users_process_group_is_used_and_never_destroyed(user_group, images):
     # DDP over one process computes what one process computes, bitwise.
     for (name, a), b in zip(ddp.model.state_dict().items(), alone.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_global_batch_must_split_evenly_over_the_processes(monkeypatch):
+    monkeypatch.setattr(env, "world_size", lambda: 4)
+    run = DistributedRun(True, torch.device("cpu"))
+    with pytest.raises(ConfigError, match=r"batch_size=30 is the global batch .* 4 processes; use 32 or 28"):
+        run.train_loader(prepared(), 30, True, 0)
+    loader = run.train_loader(prepared(24), 32, True, 0)  # 8 per rank, every 4th sample of the permutation
+    assert loader.batch_size == 8 and loader.sampler.num_replicas == 4
+
+
+def test_a_user_dataloader_without_distributed_sampler_warns_under_ddp(user_group, images):
+    _, y = images
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.rand(16, 3, 16, 16), torch.from_numpy(y[:16])), batch_size=8
+    )
+    ft = FineTuner(TinyNet(), num_classes=3, image_size=16, device="cpu", seed=0)
+    with pytest.warns(RuntimeWarning, match="without a DistributedSampler"):
+        ft.fit(loader, epochs=1, verbose=0)
