@@ -34,6 +34,7 @@ class TrainContext:
     total_steps: int
     train_bn: bool
     norms_by_group: list[list[nn.Module]] = field(default_factory=list)
+    first_epoch: int = 0  # where this schedule cycle starts (a strategy may restart it, e.g. LPFT)
     sync_metrics: bool = False  # [distributed] epoch metrics summed over ranks (finetunekit.distributed)
 
 
@@ -58,7 +59,7 @@ def train_epoch(
     step = -1
     for step, batch in enumerate(loader):
         callbacks.on_train_batch_begin(step)
-        global_step = epoch * ctx.steps_per_epoch + step
+        global_step = (epoch - ctx.first_epoch) * ctx.steps_per_epoch + step
         multiplier = ctx.schedule(global_step / max(1, ctx.total_steps))
         write_lrs(ctx.optimizer, ctx.base_lr, multiplier, plan)
         x, y = to_device(batch, ctx.device)
@@ -73,7 +74,7 @@ def train_epoch(
         tracker.all_reduce()
     logs = tracker.result()
     logs["lr"] = ctx.base_lr * ctx.schedule(
-        min(1.0, (epoch * ctx.steps_per_epoch + step + 1) / max(1, ctx.total_steps))
+        min(1.0, ((epoch - ctx.first_epoch) * ctx.steps_per_epoch + step + 1) / max(1, ctx.total_steps))
     )
     return logs
 

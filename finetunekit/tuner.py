@@ -10,7 +10,7 @@ import os
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,10 +32,13 @@ from finetunekit.optim import (
     make_optimizer,
     norm_modules_by_group,
 )
-from finetunekit.schedules import get_schedule
+from finetunekit.schedules import get_schedule, schedule_phase
 from finetunekit.strategies import Plan, Strategy, check_plan, resolve_strategy
 from finetunekit.summary import format_summary
 from finetunekit.validation import check_fit_args, check_positive_int, resolve_device
+
+if TYPE_CHECKING:
+    from finetunekit.lr_finder import LRFinderResult
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class FineTuner:
         seed: int | None = None,
         head: str | None = None,
         class_names: Sequence[str] | None = None,
+        groups: Sequence[str | Sequence[str]] | None = None,
         distributed: bool | None = None,
         sync_bn: bool = False,
     ):
@@ -106,6 +110,7 @@ class FineTuner:
             in_chans=in_chans,
             image_size=image_size,
             head=head,
+            groups=groups,
         )
         self._init_from_backbone(built, num_classes, in_chans, class_names)
 
@@ -218,13 +223,16 @@ class FineTuner:
             [*(callbacks or []), *dist.callbacks()], tuner=self, add_history=True,
             add_progbar=verbose != 0, verbose=verbose, epochs=epochs, steps=steps,
         )  # fmt: skip
-        ctx = self._train_context(steps, epochs)
-        ctx.sync_metrics = dist.active
+        restarts = self.strategy.schedule_restarts(len(self._backbone.groups))
+        ctx = None
         self._planned_epochs = epochs
         self.stop_training = False
         logs: dict[str, float] = {}
         cbs.on_train_begin()
         for epoch in range(initial_epoch, epochs):
+            start, end = schedule_phase(restarts, epochs, epoch)
+            if ctx is None or ctx.first_epoch != start:  # a new schedule cycle (LPFT's fine-tuning)
+                ctx = self._train_context(steps, end - start, first_epoch=start)
             plan = self._apply_plan(epoch)
             dist.bind_model(ctx, self.model)  # [distributed] DDP over the trainable set; rebuilt on change
             dist.set_epoch(loader, epoch)
@@ -270,7 +278,7 @@ class FineTuner:
             require_labels=require_labels, num_classes=self.num_classes, what=what,
         )  # fmt: skip
 
-    def _train_context(self, steps: int, epochs: int) -> loop.TrainContext:
+    def _train_context(self, steps: int, epochs: int, first_epoch: int = 0) -> loop.TrainContext:
         cfg = self._compiled
         assert cfg is not None and self.optimizer is not None
         total = steps * epochs
@@ -278,7 +286,7 @@ class FineTuner:
             model=self.model, optimizer=self.optimizer, loss_fn=cfg.loss_fn,
             schedule=get_schedule(cfg.schedule, total, **cfg.schedule_kwargs), base_lr=cfg.lr,
             metrics=cfg.metrics, device=self.device, steps_per_epoch=steps, total_steps=total,
-            train_bn=self.strategy.train_bn, norms_by_group=self._norms_by_group,
+            train_bn=self.strategy.train_bn, norms_by_group=self._norms_by_group, first_epoch=first_epoch,
         )  # fmt: skip
 
     def plan(self, epoch: int) -> Plan:
@@ -350,10 +358,11 @@ class FineTuner:
         state, config = saving.load_model_folder(path)
         num_classes = int(config["num_classes"])
         if model is not None:
-            head = config["backbone"].get("head")
+            head, groups = config["backbone"].get("head"), config["backbone"].get("groups")
             built = build_backbone(
-                model, num_classes, pretrained=False, in_chans=int(config["in_chans"]), head=head
-            )
+                model, num_classes, pretrained=False, in_chans=int(config["in_chans"]), head=head,
+                groups=groups,
+            )  # fmt: skip
         else:
             built = rebuild_backbone(config["backbone"], num_classes)
         built.data_config = DataConfig.from_dict(config["data_config"])
@@ -372,14 +381,29 @@ class FineTuner:
             ) from e
         return self
 
+    # --------------------------------------------------------------------------------------- find_lr
+    def find_lr(self, x: Any = None, y: Any = None, *, start_lr: float = 1e-7, end_lr: float = 10.0,
+                num_steps: int = 100, batch_size: int = 32, **kwargs: Any) -> LRFinderResult:  # fmt: skip
+        """fastai's LR range test under the epoch-0 plan; model, optimizer and RNGs are left exactly as
+        they were. Returns the LR/loss curve and ``suggested_lr``; ``.plot()`` draws it. See
+        :func:`finetunekit.lr_finder.find_lr` for the other options."""
+        from finetunekit.lr_finder import find_lr
+
+        return find_lr(self, x, y, start_lr=start_lr, end_lr=end_lr, num_steps=num_steps,
+                       batch_size=batch_size, **kwargs)  # fmt: skip
+
     # --------------------------------------------------------------------------------------- summary
     def summary(self, epochs: int | None = None) -> str:
         """Per layer group: parameters and, for each epoch of the plan, its LR (or frozen) and BN mode."""
         n_groups = len(self._backbone.groups)
-        horizon = epochs or self._planned_epochs or max(1, self.strategy.horizon(n_groups))
+        known = epochs or self._planned_epochs
+        horizon = known or max(1, self.strategy.horizon(n_groups))
         plans = [self.plan(e) for e in range(horizon)]
         base_lr = self._compiled.lr if self._compiled else None
-        return format_summary(self.spec, self.groups, plans, base_lr, self.strategy, self._norms_by_group)
+        return format_summary(
+            self.spec, self.groups, plans, base_lr, self.strategy, self._norms_by_group,
+            open_ended=not known, restarts=self.strategy.schedule_restarts(n_groups),
+        )  # fmt: skip
 
     def __repr__(self) -> str:
         return f"FineTuner({self.spec!r}, num_classes={self.num_classes}, strategy={self.strategy!r})"

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from finetunekit.data.datasets import ArrayImageDataset, PreprocessedDataset, TransformedDataset
+from finetunekit.data.normcheck import warn_if_misnormalized
 from finetunekit.data.transforms import ImageTransform, adapt_channels
 from finetunekit.errors import DataError
 
@@ -106,6 +107,8 @@ def _float_dataset(
             UserWarning,
             stacklevel=4,
         )
+    else:
+        warn_if_misnormalized(images, transform.data_config, transform.in_chans, what)
     return PreprocessedDataset(images, labels, transform)
 
 

@@ -114,11 +114,13 @@ class DistributedRun:
     # ----------------------------------------------------------------------------------------- model
     def bind_model(self, ctx: Any, model: nn.Module) -> None:
         """Point ``ctx.model`` (what the training step calls) at ``model`` or at a DDP wrapper over its
-        currently trainable parameters, rebuilt only when that set changed since the last call.
+        currently trainable parameters, rebuilt only when that set changed since the last call; under
+        DDP ``ctx.sync_metrics`` makes the epoch's metrics a reduction over all ranks.
 
         The old wrapper is released *before* the new one is built: its reducer hooks the same
         parameters, and two live reducers would both fire in backward.
         """
+        ctx.sync_metrics = self.active  # epoch metrics summed over ranks
         if not self.active:
             ctx.model = model
             return
