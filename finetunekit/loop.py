@@ -36,6 +36,7 @@ class TrainContext:
     train_bn: bool
     norms_by_group: list[list[nn.Module]] = field(default_factory=list)
     first_epoch: int = 0  # where this schedule cycle starts (a strategy may restart it, e.g. LPFT)
+    sync_metrics: bool = False  # [distributed] epoch metrics summed over ranks (finetunekit.distributed)
     nonfinite: str = "raise"  # compile(on_nonfinite=...): see finetunekit.nonfinite
     # Where the loop is, and what a checkpoint needs to resume it exactly (finetunekit.train_state).
     epoch: int = 0
@@ -99,6 +100,8 @@ def train_epoch(
             break
     nonfinite.check_deferred(ctx)
     tuner.stop_training = tuner.stop_training or ctx.stop_requested
+    if ctx.sync_metrics:  # [distributed]
+        tracker.all_reduce()
     logs = tracker.result()
     logs["lr"] = ctx.base_lr * ctx.schedule(
         min(1.0, ((epoch - ctx.first_epoch) * ctx.steps_per_epoch + step + 1) / max(1, ctx.total_steps))
@@ -134,8 +137,10 @@ def evaluate_loader(
     metrics: list[str],
     device: torch.device,
     callbacks: CallbackList,
+    sync_metrics: bool = False,
 ) -> dict[str, float]:
-    """Mean loss and metrics over a labelled loader, in eval mode; restores the model's mode after."""
+    """Mean loss and metrics over a labelled loader, in eval mode; restores the model's mode after.
+    ``sync_metrics``: sums and counts are added over DDP ranks, which each evaluated their own shard."""
     was_training = model.training
     model.eval()
     tracker = MetricTracker(metrics, device)
@@ -146,6 +151,8 @@ def evaluate_loader(
         logits = model(x)
         tracker.update(loss_fn(logits, y), logits, y)
         callbacks.on_test_batch_end(step)
+    if sync_metrics:  # [distributed]
+        tracker.all_reduce()
     logs = tracker.result()
     callbacks.on_test_end(logs)
     model.train(was_training)

@@ -42,6 +42,7 @@ class FitRun:
     epochs: int
     steps: int = 1  # batches per epoch
     restarts: list[int] = field(default_factory=list)  # epochs where the strategy restarts the schedule
+    dist: Any = None  # finetunekit.distributed.run's DistributedRun (a pass-through in one process)
 
 
 @dataclass
@@ -51,6 +52,16 @@ class ResumePoint:
     epoch: int
     step: int
     batches: Any = None
+
+
+def on_main_rank(tuner: Any, write: Any, what: str) -> None:
+    """Under DDP only rank 0 writes a checkpoint (the others wait for it); alone, just write. The
+    state written is rank 0's, so a DDP resume is safe but not bitwise (other ranks' RNG differ)."""
+    dist = tuner._run.dist if tuner._run is not None else None
+    if dist is None:
+        write()
+    else:
+        dist.run_on_main(write, what)
 
 
 def model_files(tuner: Any) -> dict[str, bytes]:
@@ -157,6 +168,9 @@ def _position(tuner: Any, meta: dict[str, Any], tensors: dict[str, torch.Tensor]
     tracker._correct = tensors["tracker.correct"].to(ctx.device)
     tracker._n = int(meta["tracker_n"])
     ctx.epoch_start = {k: v for k, v in tensors.items() if k.startswith("epoch_start.")}
+    set_epoch = getattr(getattr(run.loader, "sampler", None), "set_epoch", None)
+    if set_epoch is not None:  # a DistributedSampler shuffles by seed + epoch
+        set_epoch(epoch)
     reason = loader_state.why_not_repositionable(run.loader)
     if reason is None:
         return ResumePoint(epoch, step, loader_state.positioned(run.loader, ctx.epoch_start, step))

@@ -20,8 +20,10 @@ from finetunekit import loop, nonfinite, preflight, saving
 from finetunekit.backbones import build_backbone, rebuild_backbone
 from finetunekit.backbones.base import Backbone, DataConfig
 from finetunekit.callbacks import Callback, CallbackList, History
-from finetunekit.data import PreparedData, make_loader, prepare_data, split_validation
+from finetunekit.data import PreparedData, prepare_data, split_validation
 from finetunekit.determinism import deterministic_mode
+from finetunekit.distributed.failure import guard
+from finetunekit.distributed.run import run_for
 from finetunekit.errors import CheckpointError, ConfigError, NotCompiledError
 from finetunekit.loader_state import epoch_start_snapshot
 from finetunekit.metrics import check_metrics
@@ -90,10 +92,16 @@ class FineTuner:
         head: str | None = None,
         class_names: Sequence[str] | None = None,
         groups: Sequence[str | Sequence[str]] | None = None,
+        distributed: bool | None = None,
+        sync_bn: bool = False,
     ):
+        """``distributed``: None runs DDP when launched by torchrun (or a process group exists), True
+        insists, False never (each process trains alone). ``sync_bn`` turns BatchNorm into SyncBatchNorm
+        under DDP (CUDA only). See docs/distributed.md."""
         check_positive_int("num_classes", num_classes)
         check_positive_int("in_chans", in_chans)
         self.seed = seed
+        self.distributed, self.sync_bn = distributed, bool(sync_bn)  # [distributed]
         if seed is not None:
             seed_everything(seed)
         self.device = resolve_device(device)
@@ -205,6 +213,7 @@ class FineTuner:
         return self
 
     # ------------------------------------------------------------------------------------------ fit
+    @guard  # [distributed] one rank failing stops all, naming the cause
     def fit(
         self,
         x: Any = None,
@@ -238,18 +247,20 @@ class FineTuner:
         if self.seed is not None:
             seed_everything(self.seed)
         train, val = self._fit_data(x, y, validation_split, validation_data, augment)
-        loader = make_loader(train, batch_size=batch_size, shuffle=shuffle, seed=self.seed)
-        val_loader = make_loader(val, batch_size=batch_size, shuffle=False, seed=None) if val else None
+        dist = run_for(self)  # [distributed] DDP / sharding when launched by torchrun; else pass-through
+        loader = dist.train_loader(train, batch_size, shuffle, self.seed)
+        val_loader = dist.eval_loader(val, batch_size) if val else None
         preflight.check_same_classes(train, val)
         preflight.check_has_batches(loader)
         preflight.probe_forward(self.model, train, self.device, self.num_classes, self.spec)
+        dist.seed_ranks(self.seed)
         steps = _num_batches(loader)
         cbs = CallbackList(
-            list(callbacks or []), tuner=self, add_history=True, add_progbar=verbose != 0,
-            verbose=verbose, epochs=epochs, steps=steps,
+            [*(callbacks or []), *dist.callbacks()], tuner=self, add_history=True,
+            add_progbar=verbose != 0, verbose=verbose, epochs=epochs, steps=steps,
         )  # fmt: skip
         restarts = self.strategy.schedule_restarts(len(self._backbone.groups))
-        self._run = FitRun(None, cbs, loader, epochs, steps, restarts)
+        self._run = FitRun(None, cbs, loader, epochs, steps, restarts, dist)
         self._use_schedule_phase(initial_epoch)
         self._planned_epochs = epochs
         self.stop_training = False
@@ -271,6 +282,7 @@ class FineTuner:
             if self.stop_training:
                 break
         run.callbacks.on_train_end(logs)
+        run.dist.release()  # [distributed] free DDP's gradient buckets (a copy of every trainable gradient)
 
     def _use_schedule_phase(self, epoch: int) -> None:
         """Make ``self._run.ctx`` the TrainContext of the schedule cycle ``epoch`` belongs to: a strategy
@@ -298,17 +310,20 @@ class FineTuner:
     def _fit_epoch(
         self, run: FitRun, val_loader: Any, epoch: int, point: ResumePoint | None
     ) -> dict[str, float]:
-        ctx, cbs = run.ctx, run.callbacks
+        ctx, cbs, dist = run.ctx, run.callbacks, run.dist
         plan = self._apply_plan(epoch)
+        dist.bind_model(ctx, self.model)  # [distributed] DDP over the trainable set; rebuilt on change
+        dist.set_epoch(run.loader, epoch)
         start = point.step if point is not None else 0
         if start == 0:
             cbs.on_epoch_begin(epoch)
             ctx.epoch_start = epoch_start_snapshot(run.loader)
         batches = point.batches if point is not None and start else run.loader
         logs = loop.train_epoch(ctx, batches, epoch, plan, cbs, self, start)
+        dist.end_epoch(self.model)  # [distributed] rank 0's BN statistics everywhere
         if val_loader is not None:
             val_logs = loop.evaluate_loader(
-                self.model, val_loader, ctx.loss_fn, ctx.metrics, self.device, cbs
+                self.model, val_loader, ctx.loss_fn, ctx.metrics, self.device, cbs, sync_metrics=dist.active
             )
             logs.update({f"val_{k}": v for k, v in val_logs.items()})
         cbs.on_epoch_end(epoch, logs)
@@ -323,8 +338,8 @@ class FineTuner:
         if validation_data is not None:
             vx, vy = validation_data if isinstance(validation_data, tuple) else (validation_data, None)
             return train, self._prepare(vx, vy, augment=False, what="validation_data")
-        if validation_split:
-            return split_validation(train, validation_split, self.seed)
+        if validation_split:  # [distributed] every rank must split alike, seed or not
+            return split_validation(train, validation_split, run_for(self).shared_seed(self.seed))
         return train, None
 
     def _prepare(
@@ -365,6 +380,7 @@ class FineTuner:
         return plan
 
     # ---------------------------------------------------------------------------- evaluate/predict
+    @guard  # [distributed]
     def evaluate(self, x: Any = None, y: Any = None, batch_size: int = 32, verbose: int = 0,
                  callbacks: Sequence[Callback] | None = None) -> dict[str, float]:  # fmt: skip
         """Loss and metrics on labelled data, as Python floats."""
@@ -373,27 +389,36 @@ class FineTuner:
             self.compile()
         assert self._compiled is not None
         data = self._prepare(x, y, augment=False, what="x")
-        loader = make_loader(data, batch_size=batch_size, shuffle=False, seed=None)
+        dist = run_for(self)  # [distributed] each rank evaluates its shard; sums are all-reduced
+        loader = dist.eval_loader(data, batch_size)
         cbs = CallbackList(list(callbacks or []), tuner=self)
         return loop.evaluate_loader(
-            self.model, loader, self._compiled.loss_fn, self._compiled.metrics, self.device, cbs
-        )
+            self.model, loader, self._compiled.loss_fn, self._compiled.metrics, self.device, cbs,
+            sync_metrics=dist.active,
+        )  # fmt: skip
 
+    @guard  # [distributed]
     def predict(self, x: Any, batch_size: int = 32, verbose: int = 0,
                 callbacks: Sequence[Callback] | None = None) -> np.ndarray:  # fmt: skip
         """Class probabilities, shape (N, num_classes), in input order."""
         check_positive_int("batch_size", batch_size)
         data = self._prepare(x, None, augment=False, what="x", require_labels=False)
-        loader = make_loader(data, batch_size=batch_size, shuffle=False, seed=None)
+        dist = run_for(self)  # [distributed] each rank predicts its shard; gathered in input order
+        loader = dist.eval_loader(data, batch_size)
         probs = loop.predict_loader(
             self.model, loader, self.device, CallbackList(list(callbacks or []), tuner=self)
         )
-        return probs.reshape(-1, self.num_classes)
+        return dist.gather_rows(probs.reshape(-1, self.num_classes), data)
 
     # ------------------------------------------------------------------------------------ save/load
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write ``path/model.safetensors`` and ``path/config.json`` atomically; no pickle."""
-        saving.save_model_folder(path, self.model.state_dict(), self._model_config())
+        """Write ``path/model.safetensors`` and ``path/config.json`` atomically; no pickle.
+
+        Under DDP call it on every rank: rank 0 writes, the others wait until the files are complete
+        (and raise if rank 0 could not write), so a ``load`` right after sees them."""
+        config = self._model_config()
+        write = lambda: saving.save_model_folder(path, self.model.state_dict(), config)  # noqa: E731
+        run_for(self).run_on_main(write, "save")  # [distributed] rank 0 writes, every rank waits
 
     def _model_config(self) -> dict[str, Any]:
         """What ``save`` writes next to the weights, and what a resume compares."""
@@ -409,7 +434,7 @@ class FineTuner:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, device: str | torch.device = "auto",
-             model: nn.Module | None = None) -> FineTuner:  # fmt: skip
+             model: nn.Module | None = None, distributed: bool | None = None) -> FineTuner:  # fmt: skip
         """Rebuild a saved FineTuner without network. ``model=`` supplies the module for custom backbones."""
         state, config = saving.load_model_folder(path)
         num_classes = int(config["num_classes"])
@@ -424,6 +449,7 @@ class FineTuner:
         built.data_config = DataConfig.from_dict(config["data_config"])
         self = cls.__new__(cls)
         self.seed = None
+        self.distributed, self.sync_bn = distributed, False  # [distributed]
         self.device = resolve_device(device)
         self.strategy = resolve_strategy(None)
         self._init_from_backbone(built, num_classes, int(config["in_chans"]), config.get("class_names"))
