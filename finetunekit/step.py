@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -211,10 +212,18 @@ class Stepper:
         return out
 
     def backward_and_step(
-        self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, steps_per_epoch: int
-    ) -> bool:
+        self,
+        loss: torch.Tensor,
+        optimizer: torch.optim.Optimizer,
+        steps_per_epoch: int,
+        guarded_step: Callable[[], bool] | None = None,
+    ) -> bool | None:
         """Backward for one micro-batch; an optimizer step when its accumulation window is complete (or
-        the epoch ends). The loss is divided by the window's size, so grads are the window's mean."""
+        the epoch ends). The loss is divided by the window's size, so grads are the window's mean.
+
+        ``guarded_step`` (the non-finite loss guard, finetunekit.nonfinite) replaces ``optimizer.step()``
+        in fp32/bf16; with fp16 the GradScaler skips non-finite steps itself. Returns None mid-window, else
+        whether the step was applied."""
         k = self.config.accumulate_steps
         index = self._micro % steps_per_epoch  # position in the epoch
         self._micro += 1
@@ -225,12 +234,12 @@ class Stepper:
         scaled = loss / window if window > 1 else loss
         (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
         if index + 1 - start < window:
-            return False
+            return None
         self._clip(optimizer)
-        self._optimizer_step(optimizer)
-        if self.ema is not None:
+        applied = self._optimizer_step(optimizer, guarded_step)
+        if self.ema is not None and applied:
             self.ema.update()
-        return True
+        return applied
 
     def _clip(self, optimizer: torch.optim.Optimizer) -> None:
         cfg = self.config
@@ -244,10 +253,14 @@ class Stepper:
         if cfg.clip_grad_norm is not None:
             self.last_grad_norm = nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
 
-    def _optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+    def _optimizer_step(
+        self, optimizer: torch.optim.Optimizer, guarded_step: Callable[[], bool] | None
+    ) -> bool:
         if self.scaler is None:
+            if guarded_step is not None:
+                return guarded_step()
             optimizer.step()
-            return
+            return True
         before = getattr(self.scaler, "_scale", None)
         before = before.clone() if isinstance(before, torch.Tensor) else None
         self.scaler.step(optimizer)
@@ -255,3 +268,4 @@ class Stepper:
         after = getattr(self.scaler, "_scale", None)
         if before is not None and isinstance(after, torch.Tensor):  # the scale drops exactly on a skip
             self.skipped_steps += (after < before).to(self.skipped_steps.device, torch.int64).sum()
+        return True
