@@ -97,3 +97,8 @@ def test_fixed_size_model_without_img_size_says_so(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(timm_adapter, "fixed_input_size", lambda name: True)
     with pytest.raises(ConfigError, match=r"image_size=64 for timm/resnet18.*native input size"):
         build_backbone("timm/resnet18", 3, pretrained=False, image_size=64)
+
+
+def test_timm_feature_encoder_is_refused_naming_the_classifier_variant() -> None:
+    with torch.device("meta"), pytest.raises(ConfigError, match=r"feature encoder.*'timm/qwen3_vit_88m'"):
+        build_backbone("timm/qwen3_vit_88m_enc", 3, pretrained=False)
