@@ -98,7 +98,7 @@ def _square_split(src_tokens: int, dst_tokens: int) -> tuple[int, int] | None:
 def _resample_pos_embed(key: str, want: Tensor, got: Tensor) -> Tensor | None:
     """A ViT position embedding saved at another (square) image size, resampled as timm does when
     it loads its own weights with ``img_size=``: so ``weights=`` files work with ``image_size``."""
-    if not key.endswith("pos_embed") or want.ndim != 3 or got.ndim != 3:
+    if not key.endswith(("pos_embed", "pos_embedding")) or want.ndim != 3 or got.ndim != 3:
         return None
     if want.shape[0] != got.shape[0] or want.shape[2] != got.shape[2]:
         return None
