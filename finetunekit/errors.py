@@ -50,3 +50,11 @@ class CheckpointError(FineTuneKitError, ValueError):
 
 class NonFiniteLossError(FineTuneKitError, FloatingPointError):
     """The training loss became NaN or infinite."""
+
+
+class MissingDependencyError(FineTuneKitError, ImportError):
+    """An optional package a feature needs (e.g. matplotlib for plots) is not installed."""
+
+
+class DistributedError(FineTuneKitError, RuntimeError):
+    """Multi-process training cannot continue: a setting does not fit the job, or another rank failed."""

@@ -65,7 +65,7 @@ class TorchSchedulerMultiplier:
     """Adapts a ``torch.optim.lr_scheduler`` class to a multiplier: it steps a shadow optimizer whose
     base LR is 1.0, so the user's scheduler logic is used exactly while we keep writing the real LRs."""
 
-    def __init__(self, scheduler_cls: type, total_steps: int, **kwargs: Any):
+    def __init__(self, scheduler_cls: type, total_steps: int, /, **kwargs: Any):
         self._opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
         try:
             self._sched = scheduler_cls(self._opt, **kwargs)
@@ -85,11 +85,29 @@ class TorchSchedulerMultiplier:
         self._step += 1
 
     def state_dict(self) -> dict[str, Any]:
-        return {"scheduler": self._sched.state_dict(), "step": self._step}
+        # The multiplier is the shadow optimizer's LR, which the scheduler's own state does not hold.
+        return {"scheduler": self._sched.state_dict(), "step": self._step, "lr": self(0.0)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._sched.load_state_dict(state["scheduler"])
         self._step = state["step"]
+        if "lr" in state:
+            self._opt.param_groups[0]["lr"] = float(state["lr"])
+
+
+def schedule_phase(restarts: list[int], epochs: int, epoch: int) -> tuple[int, int]:
+    """The ``[start, end)`` epochs of the schedule cycle that ``epoch`` belongs to. ``restarts`` are the
+    epochs where a strategy starts a new cycle (e.g. LPFT's fine-tuning phase); progress runs 0 -> 1
+    within each cycle, so each phase gets the whole warm-up and decay."""
+    start, end = 0, epochs
+    for r in sorted(restarts):
+        if 0 < r < epochs:
+            if r <= epoch:
+                start = r
+            else:
+                end = r
+                break
+    return start, end
 
 
 SCHEDULES: dict[str, Callable[..., Schedule]] = {
@@ -100,7 +118,7 @@ SCHEDULES: dict[str, Callable[..., Schedule]] = {
 }
 
 
-def get_schedule(schedule: str | Schedule | type, total_steps: int, **kwargs: Any) -> Schedule:
+def get_schedule(schedule: str | Schedule | type, total_steps: int, /, **kwargs: Any) -> Schedule:
     """Resolve compile()'s ``schedule=``: a name, a callable of progress, or a torch scheduler class."""
     if isinstance(schedule, str):
         if schedule not in SCHEDULES:

@@ -1,4 +1,9 @@
-"""The text of ``ft.summary()``: the whole plan, per layer group and epoch, before training starts."""
+"""The text of ``ft.summary()``: the whole plan, per layer group and epoch, before training starts.
+
+Consecutive epochs with the same plan share one column (``ep2-29``), so a 30-epoch plan stays as
+narrow as the number of times it changes. A last column ``epN+`` means "from here on" when the number
+of epochs is not known yet (no ``fit`` and no ``epochs=``).
+"""
 
 from __future__ import annotations
 
@@ -10,18 +15,54 @@ from torch import nn
 from finetunekit.strategies import Plan, Strategy
 
 
-def _cell(scale: float | None, base_lr: float | None) -> str:
+def epoch_ranges(plans: list[Plan], open_ended: bool) -> list[tuple[str, Plan]]:
+    """Collapse identical consecutive plans: ``[(label, plan), ...]`` with labels like ep0, ep1-3, ep4+."""
+    out: list[tuple[str, Plan]] = []
+    start = 0
+    for e in range(1, len(plans) + 1):
+        if e < len(plans) and plans[e] == plans[start]:
+            continue
+        last = e - 1
+        if open_ended and e == len(plans):
+            label = f"ep{start}+"
+        else:
+            label = f"ep{start}" if last == start else f"ep{start}-{last}"
+        out.append((label, plans[start]))
+        start = e
+    return out
+
+
+def _cell(scale: float | None, base_lr: float | None, has_bn: bool, train_bn: bool) -> str:
     if scale is None:
-        return "frozen"
+        return "frozen+bn-train" if has_bn and train_bn else "frozen"
     if base_lr is None:
         return f"x{scale:.3g}"
     return f"{base_lr * scale:.2e}"
 
 
-def _bn_mode(scale: float | None, norms: list[nn.Module], train_bn: bool) -> str:
-    if not norms:
-        return "-"
-    return "train" if scale is not None or train_bn else "eval"
+def _header(
+    spec: str,
+    strategy: Strategy,
+    base_lr: float | None,
+    n_epochs: int,
+    open_ended: bool,
+    restarts: Sequence[int],
+) -> list[str]:
+    span = "every epoch (the last column holds from then on)" if open_ended else f"{n_epochs} epochs"
+    lr = (
+        f"cells: peak LR = base_lr {base_lr:g} x group scale (the schedule scales it each step), or frozen"
+        if base_lr
+        else "cells: LR scale of the base LR (compile() to see LRs), or frozen"
+    )
+    bn = (
+        "BatchNorm: every group's BN trains (train_bn=True); frozen weights stay fixed"
+        if strategy.train_bn
+        else "BatchNorm: frozen groups run BN in eval mode (statistics kept); training groups update it"
+    )
+    lines = [f"FineTuner {spec}  strategy={strategy!r}", f"plan for {span}; {lr}", bn]
+    if restarts:
+        lines.append(f"LR schedule restarts its cycle at epoch(s) {', '.join(map(str, restarts))}")
+    return lines
 
 
 def format_summary(
@@ -31,29 +72,28 @@ def format_summary(
     base_lr: float | None,
     strategy: Strategy,
     norms_by_group: list[list[nn.Module]],
+    *,
+    open_ended: bool = False,
+    restarts: Sequence[int] = (),
 ) -> str:
-    """One row per layer group; one column per epoch showing its peak LR (or 'frozen') and BN mode."""
-    epochs = [f"ep{e}" for e in range(len(plans))]
-    header = ["group", "params", "trainable(ep0)", *epochs]
+    """One row per layer group (name, params, BN layers) and one column per run of identical epochs;
+    the last row counts the trainable parameters of each column."""
+    columns = epoch_ranges(plans, open_ended)
+    header = ["group", "params", "BN", *(label for label, _ in columns)]
     rows = []
     for i, g in enumerate(groups):
-        cells = [
-            f"{_cell(p[i], base_lr)}/bn:{_bn_mode(p[i], norms_by_group[i], strategy.train_bn)}" for p in plans
-        ]
-        rows.append([g.name, f"{g.num_params:,}", "yes" if plans[0][i] is not None else "no", *cells])
+        has_bn = bool(norms_by_group[i])
+        cells = [_cell(plan[i], base_lr, has_bn, strategy.train_bn) for _, plan in columns]
+        rows.append([g.name, f"{g.num_params:,}", str(len(norms_by_group[i])), *cells])
+    total = sum(g.num_params for g in groups)
+    trainable = [
+        f"{sum(g.num_params for i, g in enumerate(groups) if plan[i] is not None):,}" for _, plan in columns
+    ]
+    rows.append(["trainable", "", "", *trainable])
     widths = [max(len(str(r[c])) for r in [header, *rows]) for c in range(len(header))]
     line = "  ".join(f"{{:<{w}}}" for w in widths)
-    total = sum(g.num_params for g in groups)
-    trainable0 = sum(g.num_params for i, g in enumerate(groups) if plans[0][i] is not None)
-    lr_note = (
-        "LR = peak LR of each group (base_lr x scale; the schedule multiplies it per step)"
-        if base_lr
-        else ("LR shown as scale of the base LR (call compile() to see values)")
-    )
-    out = [
-        f"FineTuner {spec}  strategy={strategy!r}",
-        f"params: {total:,} total, {trainable0:,} trainable in epoch 0; {lr_note}",
-        line.format(*header),
-        *(line.format(*r) for r in rows),
-    ]
+    restarts = [r for r in restarts if 0 < r < len(plans) or open_ended]
+    out = _header(spec, strategy, base_lr, len(plans), open_ended, restarts)
+    out[0] += f"  ({total:,} params)"
+    out += [line.format(*header).rstrip(), *(line.format(*r).rstrip() for r in rows)]
     return "\n".join(out)

@@ -71,6 +71,9 @@ def test_custom_strategy_subclass():
         (lambda: resolve_strategy(FrozenBackbone), "pass an instance"),
         (lambda: resolve_strategy([]), "empty"),
         (lambda: GradualUnfreeze(milestones={-1: 2}), "milestones"),
+        (lambda: GradualUnfreeze(milestones={0: 3, 2: 1}), "closes groups again"),
+        (lambda: GradualUnfreeze(every=2, milestones={0: 1, 2: 3}), "pass one of them"),
+        (lambda: DiscriminativeLR(scales=[0.1, -1.0, 1.0]).validate(3), "scale -1.0"),
     ],
 )
 def test_bad_strategy_arguments_are_clear_errors(bad, match):
@@ -85,3 +88,17 @@ def test_bad_plan_from_user_strategy_is_caught():
 
     with pytest.raises(ConfigError, match="planned 1 layer groups but the backbone has 3"):
         Broken().validate(3)
+
+
+def test_gradual_unfreeze_milestones_before_first_and_beyond_group_count():
+    s = GradualUnfreeze(milestones={2: 2, 4: 99})
+    assert [sum(x is not None for x in s.plan(4, e)) for e in range(6)] == [1, 1, 2, 2, 4, 4]
+    assert s.horizon(4) == 5
+
+
+def test_lpft_restart_is_a_schedule_phase_and_composes():
+    assert LPFT(probe_epochs=3).schedule_restarts(4) == [3]
+    assert LPFT(probe_epochs=3, restart_schedule=False).schedule_restarts(4) == []
+    both = resolve_strategy([LPFT(probe_epochs=2), GradualUnfreeze(every=1)])
+    assert both.schedule_restarts(4) == [2]
+    assert LPFT(probe_epochs=2).config()["restart_schedule"] is True

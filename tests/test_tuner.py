@@ -212,7 +212,7 @@ def test_summary_shows_plan_per_group_and_epoch():
     ft.compile(lr=1e-3)
     text = ft.summary()
     assert "stem" in text and "head" in text and "frozen" in text and "ep2" in text
-    assert "bn:eval" in text
+    assert "frozen groups run BN in eval mode" in text
 
 
 @pytest.mark.parametrize(

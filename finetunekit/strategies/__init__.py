@@ -8,6 +8,7 @@ from finetunekit.strategies.builtin import (
     FullFineTune,
     GradualUnfreeze,
 )
+from finetunekit.strategies.runner import StrategyRunner, schedule_multiplier
 
 __all__ = [
     "LPFT",
@@ -18,6 +19,8 @@ __all__ = [
     "GradualUnfreeze",
     "Plan",
     "Strategy",
+    "StrategyRunner",
     "check_plan",
     "resolve_strategy",
+    "schedule_multiplier",
 ]

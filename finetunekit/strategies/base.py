@@ -32,6 +32,12 @@ class Strategy:
         """The first epoch from which the plan no longer changes (for summaries)."""
         return 1
 
+    def schedule_restarts(self, n_groups: int) -> list[int]:
+        """Epochs at which the LR schedule starts a new cycle (a new phase of training). Default none:
+        one schedule spans the whole ``fit``. LPFT restarts at the probe/fine-tune boundary, as
+        fastai's ``fine_tune`` (two one-cycles) and Kumar et al. (probe trained on its own) do."""
+        return []
+
     def validate(self, n_groups: int) -> None:
         """Raise a ConfigError before training when the strategy cannot apply to ``n_groups`` groups."""
         check_plan(self, self.plan(n_groups, 0), n_groups)
@@ -84,6 +90,9 @@ class Composed(Strategy):
 
     def horizon(self, n_groups: int) -> int:
         return max(s.horizon(n_groups) for s in self.strategies)
+
+    def schedule_restarts(self, n_groups: int) -> list[int]:
+        return sorted({e for s in self.strategies for e in s.schedule_restarts(n_groups)})
 
     def validate(self, n_groups: int) -> None:
         for s in self.strategies:

@@ -60,6 +60,11 @@ class GradualUnfreeze(Strategy):
         self.decay = None if decay is None else _decay(decay)
         self.train_bn = train_bn
         self.milestones = None if milestones is None else self._check_milestones(milestones)
+        if self.milestones is not None and every != 1:
+            raise ConfigError(
+                f"GradualUnfreeze got every={every} and milestones={dict(milestones or {})}; pass one of "
+                f"them: every=k opens a group every k epochs, milestones gives the openings explicitly"
+            )
 
     @staticmethod
     def _check_milestones(milestones: Mapping[int, int]) -> dict[int, int]:
@@ -71,7 +76,15 @@ class GradualUnfreeze(Strategy):
                     f"e.g. {{0: 1, 2: 3, 4: 99}}"
                 )
             out[e] = n
-        return dict(sorted(out.items()))
+        ordered = dict(sorted(out.items()))
+        counts = list(ordered.values())
+        if counts != sorted(counts):
+            raise ConfigError(
+                f"milestones={ordered} closes groups again; gradual unfreezing only opens them, so the "
+                f"number of open groups must not decrease with the epoch (write a Strategy subclass to "
+                f"refreeze on purpose)"
+            )
+        return ordered
 
     def n_open(self, n_groups: int, epoch: int) -> int:
         if self.milestones is None:
@@ -138,14 +151,26 @@ class DiscriminativeLR(Strategy):
 class LPFT(Strategy):
     """Linear probe, then fine-tune (Kumar et al. 2022): ``probe_epochs`` epochs train only the head on
     frozen features, then every group trains at ``finetune_scale`` x the LR, so a good head keeps the
-    pretrained features from being distorted early."""
+    pretrained features from being distorted early.
 
-    def __init__(self, probe_epochs: int = 1, finetune_scale: float = 0.1, train_bn: bool = False):
+    ``restart_schedule=True`` (default) gives each phase its own LR schedule cycle: the probe gets a
+    whole warm-up/decay to converge, and fine-tuning starts a fresh warm-up instead of inheriting the
+    tail of one schedule stretched over both phases (fastai's ``fine_tune`` also runs two one-cycles).
+    """
+
+    def __init__(
+        self,
+        probe_epochs: int = 1,
+        finetune_scale: float = 0.1,
+        train_bn: bool = False,
+        restart_schedule: bool = True,
+    ):
         self.probe_epochs = _positive_int("probe_epochs", probe_epochs)
         if not isinstance(finetune_scale, (int, float)) or finetune_scale <= 0:
             raise ConfigError(f"finetune_scale={finetune_scale!r} is invalid; expected a float > 0, e.g. 0.1")
         self.finetune_scale = float(finetune_scale)
         self.train_bn = train_bn
+        self.restart_schedule = bool(restart_schedule)
 
     def plan(self, n_groups: int, epoch: int) -> Plan:
         if epoch < self.probe_epochs:
@@ -155,10 +180,14 @@ class LPFT(Strategy):
     def horizon(self, n_groups: int) -> int:
         return self.probe_epochs + 1
 
+    def schedule_restarts(self, n_groups: int) -> list[int]:
+        return [self.probe_epochs] if self.restart_schedule else []
+
     def config(self) -> dict[str, Any]:
         return {
             "name": "LPFT",
             "probe_epochs": self.probe_epochs,
             "finetune_scale": self.finetune_scale,
             "train_bn": self.train_bn,
+            "restart_schedule": self.restart_schedule,
         }
