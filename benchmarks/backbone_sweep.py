@@ -34,6 +34,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "backbones")]
 from sweep_checks import TABLE, run_case  # noqa: E402
 
 SIZES = (14, 16, 28, 32, 48, 56, 64, 96, 112, 128, 160, 192, 224, 256, 288, 320, 384)
+NOT_A_CLASSIFIER = "is a feature encoder, not a classifier"  # timm *_enc: finetunekit refuses them
 MAX_PARAMS = 1_500_000_000  # larger models would not fit this box's memory next to others' jobs
 
 
@@ -70,6 +71,9 @@ def smallest_size(spec: str, sizes: tuple[int, ...]) -> tuple[int | None, str, f
             return size, "", time.perf_counter() - start
         except Exception as e:  # the table reports every kind of failure
             error = f"{type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''}"
+            if NOT_A_CLASSIFIER in str(e):
+                error = str(e)
+                break
             if "--trace" in sys.argv:
                 traceback.print_exc()
     return None, error, time.perf_counter() - start
@@ -86,12 +90,19 @@ def candidate_sizes(spec: str, fine: bool) -> tuple[int, ...]:
     return tuple(sorted({s for s in base if smallest <= s <= max(native, 224)} | {native}))
 
 
-def sweep(specs: list[str], fine: bool) -> dict[str, tuple[int | None, str, float]]:
+def sweep(
+    specs: list[str], fine: bool, skipped: dict[str, str] | None = None
+) -> dict[str, tuple[int | None, str, float]]:
+    """Smallest passing size per spec; feature encoders go to ``skipped`` (not failures)."""
     results = {}
     for i, spec in enumerate(specs):
-        results[spec] = smallest_size(spec, candidate_sizes(spec, fine))
-        size, error, secs = results[spec]
-        status = f"ok at {size}" if size else f"FAIL {error}"
+        size, error, secs = smallest_size(spec, candidate_sizes(spec, fine))
+        if NOT_A_CLASSIFIER in error and skipped is not None:
+            skipped[spec] = "feature encoder without a classifier (ConfigError names the sibling)"
+            status = "SKIP not a classifier"
+        else:
+            results[spec] = (size, error, secs)
+            status = f"ok at {size}" if size else f"FAIL {error}"
         print(f"[{i + 1}/{len(specs)}] {spec:55s} {secs:6.1f}s {status}", flush=True)
     return results
 
@@ -185,7 +196,7 @@ def main() -> None:
         timm_specs, skipped = timm_sample(args.timm_sample, args.seed, args.timm_all)
         specs += timm_specs
     start = time.perf_counter()
-    results = sweep(specs, fine=False)
+    results = sweep(specs, fine=False, skipped=skipped)
     print_table(results, skipped)
     print(f"total {time.perf_counter() - start:.0f}s")
 

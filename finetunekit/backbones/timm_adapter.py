@@ -97,6 +97,19 @@ def _create_sized(
     return _create(name, pretrained, kwargs)
 
 
+def _not_a_classifier(name: str) -> ConfigError:
+    """timm's ``*_enc`` models (Qwen3-ViT, Gemma4-ViT, MobileNetV5 encoders) are feature encoders."""
+    import timm
+
+    sibling = name.split(".")[0].removesuffix("_enc")
+    fix = f"use 'timm/{sibling}'" if sibling != name and timm.is_model(sibling) else "pick a classifier"
+    return ConfigError(
+        f"timm/{name} is a feature encoder, not a classifier: it has no classification head "
+        f"(get_classifier/reset_classifier) for finetunekit to replace. Expected a timm classification "
+        f"model. Fix: {fix}, the same network with a head."
+    )
+
+
 def head_paths(model: nn.Module) -> list[str]:
     """Attribute paths of timm's classifier(s); distilled models (DeiT) have two."""
     heads = model.get_classifier()  # type: ignore[operator]
@@ -159,6 +172,8 @@ def build_timm(
     kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans}
     use_registry = pretrained and weights is None
     model = _create_sized(name, use_registry, kwargs, image_size)
+    if not callable(getattr(model, "get_classifier", None)):
+        raise _not_a_classifier(name)
     if weights is not None:
         head_keys = [k for p in head_paths(model) for k in state_keys_under(model, p)]
         load_weights(model, weights, head_keys, f"timm/{name}")

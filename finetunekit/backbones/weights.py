@@ -86,6 +86,31 @@ def _stem_fits(key: str, want: Tensor, got: Tensor, stem_key: frozenset[str]) ->
     )
 
 
+def _square_split(src_tokens: int, dst_tokens: int) -> tuple[int, int] | None:
+    """(prefix tokens, target grid side) if both token counts are ``prefix + side**2``."""
+    for prefix in range(9):  # class / distillation / register tokens
+        a, b = round((src_tokens - prefix) ** 0.5), round((dst_tokens - prefix) ** 0.5)
+        if a > 0 and b > 0 and a * a == src_tokens - prefix and b * b == dst_tokens - prefix:
+            return prefix, b
+    return None
+
+
+def _resample_pos_embed(key: str, want: Tensor, got: Tensor) -> Tensor | None:
+    """A ViT position embedding saved at another (square) image size, resampled as timm does when
+    it loads its own weights with ``img_size=``: so ``weights=`` files work with ``image_size``."""
+    if not key.endswith(("pos_embed", "pos_embedding")) or want.ndim != 3 or got.ndim != 3:
+        return None
+    if want.shape[0] != got.shape[0] or want.shape[2] != got.shape[2]:
+        return None
+    split = _square_split(got.shape[1], want.shape[1])
+    if split is None:
+        return None
+    from timm.layers import resample_abs_pos_embed
+
+    prefix, side = split
+    return resample_abs_pos_embed(got, new_size=[side, side], num_prefix_tokens=prefix)
+
+
 def _fit(key: str, want: Tensor, got: Tensor, stem_key: frozenset[str]) -> Tensor | None:
     if want.shape == got.shape:
         return got
@@ -93,7 +118,7 @@ def _fit(key: str, want: Tensor, got: Tensor, stem_key: frozenset[str]) -> Tenso
         from timm.models import adapt_input_conv
 
         return adapt_input_conv(want.shape[1], got)
-    return None
+    return _resample_pos_embed(key, want, got)
 
 
 def _by_key(

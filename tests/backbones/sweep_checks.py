@@ -125,7 +125,7 @@ def _check_data_config(ft: FineTuner, size: int, in_chans: int) -> None:
     cfg = ft.data_config
     assert cfg.input_size == (in_chans, size, size)
     assert len(cfg.mean) == len(cfg.std) == in_chans and all(s > 0 for s in cfg.std)
-    assert cfg.interpolation in INTERPOLATIONS and 0 < cfg.crop_pct <= 1
+    assert cfg.interpolation in INTERPOLATIONS and cfg.crop_pct > 0  # timm has 1.15 (VOLO 448)
 
 
 def run_case(spec: str, size: int, in_chans: int = 3) -> FineTuner:

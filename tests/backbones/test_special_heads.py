@@ -97,3 +97,19 @@ def test_fixed_size_model_without_img_size_says_so(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(timm_adapter, "fixed_input_size", lambda name: True)
     with pytest.raises(ConfigError, match=r"image_size=64 for timm/resnet18.*native input size"):
         build_backbone("timm/resnet18", 3, pretrained=False, image_size=64)
+
+
+def test_timm_feature_encoder_is_refused_naming_the_classifier_variant() -> None:
+    with torch.device("meta"), pytest.raises(ConfigError, match=r"feature encoder.*'timm/qwen3_vit_88m'"):
+        build_backbone("timm/qwen3_vit_88m_enc", 3, pretrained=False)
+
+
+def test_local_vit_weights_load_at_another_image_size() -> None:
+    """The file's 14x14 position grid is resampled to 4x4 (timm's resample_abs_pos_embed)."""
+    from timm.layers import resample_abs_pos_embed
+
+    sd = timm.create_model("vit_tiny_patch16_224", pretrained=False).state_dict()
+    bb = build_backbone("timm/vit_tiny_patch16_224", 3, pretrained=False, weights=sd, image_size=64)
+    want = resample_abs_pos_embed(sd["pos_embed"], new_size=[4, 4], num_prefix_tokens=1)
+    assert bb.model.pos_embed.shape == (1, 17, 192) and torch.equal(bb.model.pos_embed.data, want)
+    assert torch.equal(bb.model.blocks[0].attn.qkv.weight, sd["blocks.0.attn.qkv.weight"])
