@@ -16,6 +16,7 @@ from finetunekit.metrics import MetricTracker
 from finetunekit.optim import set_frozen_norms_to_eval, write_lrs
 from finetunekit.strategies import Plan
 
+BatchTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 LOG_EVERY = 10  # batch logs are synced from the device at most this often
 
 
@@ -34,6 +35,8 @@ class TrainContext:
     total_steps: int
     train_bn: bool
     norms_by_group: list[list[nn.Module]] = field(default_factory=list)
+    regularizer: Callable[[], torch.Tensor] | None = None  # e.g. L2SP: added to the loss for backward
+    batch_transform: BatchTransform | None = None  # e.g. mixup: (x, y) -> (x, soft targets) before forward
 
 
 def to_device(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,7 +64,8 @@ def train_epoch(
         multiplier = ctx.schedule(global_step / max(1, ctx.total_steps))
         write_lrs(ctx.optimizer, ctx.base_lr, multiplier, plan)
         x, y = to_device(batch, ctx.device)
-        loss, logits = train_step(ctx, x, y)
+        xin, target = ctx.batch_transform(x, y) if ctx.batch_transform is not None else (x, y)
+        loss, logits = train_step(ctx, xin, target)
         tracker.update(loss, logits, y)
         if step % LOG_EVERY == 0:
             batch_logs = tracker.result()
@@ -79,8 +83,9 @@ def train_step(ctx: TrainContext, x: torch.Tensor, y: torch.Tensor) -> tuple[tor
     """One optimizer step on one batch; returns the detached loss and logits for metrics."""
     logits = ctx.model(x)
     loss = ctx.loss_fn(logits, y)
+    penalty = ctx.regularizer() if ctx.regularizer is not None else 0.0
     ctx.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss + penalty).backward()
     ctx.optimizer.step()
     _step_torch_scheduler(ctx.schedule)
     return loss.detach(), logits.detach()

@@ -30,6 +30,11 @@ from finetunekit.optim import (
     make_optimizer,
     norm_modules_by_group,
 )
+from finetunekit.regularization import learning_curve as _lc
+from finetunekit.regularization.gap import gap_line, gap_logs
+from finetunekit.regularization.mixing import BatchMixer, check_mix_alpha
+from finetunekit.retention import wise
+from finetunekit.retention.snapshot import backbone_state
 from finetunekit.schedules import get_schedule
 from finetunekit.strategies import Plan, Strategy, check_plan, resolve_strategy
 from finetunekit.summary import format_summary
@@ -57,6 +62,9 @@ class CompileConfig:
     metrics: list[str]
     schedule: Any
     schedule_kwargs: dict[str, Any]
+    regularizer: Any = None  # e.g. L2SP; a callable () -> scalar tensor added to the training loss
+    mixup: float = 0.0
+    cutmix: float = 0.0
 
 
 def seed_everything(seed: int) -> None:
@@ -117,6 +125,11 @@ class FineTuner:
         self._planned_epochs: int | None = None
         self._params_by_group = group_params(self.model, built.groups)
         self._norms_by_group = norm_modules_by_group(self.model, built.groups)
+        # Starting point for L2-SP, WiSE-FT, RetentionMonitor, learning_curve: one CPU copy of the backbone.
+        self._pretrained_state = backbone_state(self.model, built.head_path)
+        self._wise_end: tuple[Any, dict[str, torch.Tensor]] | None = None
+        self._wise_alpha: float | None = None
+        self._compile_kwargs: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------------------------- properties
     @property
@@ -147,18 +160,29 @@ class FineTuner:
         schedule: Any = "one_cycle",
         label_smoothing: float = 0.0,
         schedule_kwargs: Mapping[str, Any] | None = None,
+        regularizer: Any = None,
+        mixup: float = 0.0,
+        cutmix: float = 0.0,
     ) -> FineTuner:
         """Choose optimizer, LR, loss, metrics and LR schedule. Every layer group enters the optimizer
-        now, frozen or not, so nothing is added mid-run (DESIGN decision 2)."""
+        now, frozen or not, so nothing is added mid-run (DESIGN decision 2).
+
+        ``regularizer=L2SP(alpha, beta)`` replaces weight decay (the optimizer's decoupled decay becomes 0
+        for every group; see docs/failure_modes.md). ``mixup`` / ``cutmix`` are Beta concentrations
+        (0 = off) for mixing training batches with soft targets.
+        """
+        self._compile_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
             raise ConfigError(f"lr={lr!r} is invalid; expected a float > 0, e.g. 1e-3")
         if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or weight_decay < 0:
             raise ConfigError(f"weight_decay={weight_decay!r} is invalid; expected a float >= 0, e.g. 0.01")
         if isinstance(metrics, str):
             metrics = [metrics]
-        groups = build_param_groups(
-            self.model, self._backbone.groups, self._backbone.no_weight_decay, weight_decay
-        )
+        check_mix_alpha("mixup", mixup), check_mix_alpha("cutmix", cutmix)
+        if regularizer is not None and not callable(regularizer):
+            raise ConfigError(f"regularizer={regularizer!r} is not callable; expected e.g. L2SP(0.01, 0.01)")
+        decay = 0.0 if getattr(regularizer, "replaces_weight_decay", False) else weight_decay
+        groups = build_param_groups(self.model, self._backbone.groups, self._backbone.no_weight_decay, decay)
         self.optimizer = make_optimizer(optimizer, groups, float(lr))
         get_schedule(schedule, 1, **dict(schedule_kwargs or {}))  # fail now, not at fit
         self._compiled = CompileConfig(
@@ -169,6 +193,9 @@ class FineTuner:
             metrics=check_metrics(metrics),
             schedule=schedule,
             schedule_kwargs=dict(schedule_kwargs or {}),
+            regularizer=regularizer,
+            mixup=float(mixup),
+            cutmix=float(cutmix),
         )
         return self
 
@@ -221,6 +248,7 @@ class FineTuner:
                     self.model, val_loader, ctx.loss_fn, ctx.metrics, self.device, cbs
                 )
                 logs.update({f"val_{k}": v for k, v in val_logs.items()})
+                logs.update(gap_logs(logs))
             cbs.on_epoch_end(epoch, logs)
             if self.stop_training:
                 break
@@ -262,7 +290,15 @@ class FineTuner:
             schedule=get_schedule(cfg.schedule, total, **cfg.schedule_kwargs), base_lr=cfg.lr,
             metrics=cfg.metrics, device=self.device, steps_per_epoch=steps, total_steps=total,
             train_bn=self.strategy.train_bn, norms_by_group=self._norms_by_group,
+            regularizer=cfg.regularizer.bind(self) if hasattr(cfg.regularizer, "bind") else cfg.regularizer,
+            batch_transform=self._batch_mixer(),
         )  # fmt: skip
+
+    def _batch_mixer(self) -> BatchMixer | None:
+        cfg = self._compiled
+        assert cfg is not None
+        mixer = BatchMixer(self.num_classes, cfg.mixup, cfg.cutmix, seed=self.seed)
+        return mixer if mixer.active else None
 
     def plan(self, epoch: int) -> Plan:
         """The strategy's plan for ``epoch``, checked."""
@@ -352,7 +388,27 @@ class FineTuner:
         horizon = epochs or self._planned_epochs or max(1, self.strategy.horizon(n_groups))
         plans = [self.plan(e) for e in range(horizon)]
         base_lr = self._compiled.lr if self._compiled else None
-        return format_summary(self.spec, self.groups, plans, base_lr, self.strategy, self._norms_by_group)
+        text = format_summary(self.spec, self.groups, plans, base_lr, self.strategy, self._norms_by_group)
+        gaps = gap_line(self.history)
+        return text if gaps is None else f"{text}\ntrain/validation gap, {gaps}"
+
+    # ------------------------------------------------------------------ forgetting and overfitting
+    def interpolate(self, alpha: float) -> FineTuner:
+        """WiSE-FT: set the backbone to ``(1 - alpha) * pretrained + alpha * fine-tuned``; keep the head.
+        alpha=1 restores the fine-tuned weights exactly. See docs/failure_modes.md."""
+        wise.interpolate(self, alpha)
+        return self
+
+    def sweep_interpolation(self, x: Any, y: Any = None, alphas: Sequence[float] = wise.DEFAULT_ALPHAS,
+                            **kwargs: Any) -> wise.InterpolationSweep:  # fmt: skip
+        """Validation metrics per WiSE-FT alpha; leaves the model fine-tuned (``leave_at="best"`` to pick)."""
+        return wise.sweep_interpolation(self, x, y, alphas, **kwargs)
+
+    def learning_curve(self, x: Any, y: Any, fractions: Sequence[float] = (0.1, 0.25, 0.5, 1.0),
+                       **kwargs: Any) -> _lc.LearningCurve:  # fmt: skip
+        """Fine-tune fresh copies (pretrained backbone, new head) on growing stratified fractions of
+        ``(x, y)``; validation accuracy per fraction. ``self`` is not modified."""
+        return _lc.learning_curve(self, x, y, fractions, **kwargs)
 
     def __repr__(self) -> str:
         return f"FineTuner({self.spec!r}, num_classes={self.num_classes}, strategy={self.strategy!r})"

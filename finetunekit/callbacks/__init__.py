@@ -10,6 +10,7 @@ from finetunekit.callbacks.early_stopping import EarlyStopping
 from finetunekit.callbacks.history import History
 from finetunekit.callbacks.lambda_callback import LambdaCallback
 from finetunekit.callbacks.progbar import ProgbarLogger
+from finetunekit.callbacks.retention import RetentionMonitor
 
 __all__ = [
     "Callback",
@@ -18,4 +19,5 @@ __all__ = [
     "History",
     "LambdaCallback",
     "ProgbarLogger",
+    "RetentionMonitor",
 ]

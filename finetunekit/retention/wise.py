@@ -1,0 +1,136 @@
+"""WiSE-FT (Wortsman et al., CVPR 2022): interpolate the backbone between pretrained and fine-tuned.
+
+``theta(alpha) = (1 - alpha) * theta_pretrained + alpha * theta_finetuned`` for every backbone tensor
+(BatchNorm statistics included); the trained head is kept as is. alpha=1 is the fine-tuned model,
+alpha=0 the pretrained backbone under the new head. Intermediate alphas often keep most of the target
+accuracy while staying closer to what the backbone knew.
+
+The fine-tuned end is captured the first time ``interpolate`` is called after a ``fit`` (one more CPU
+copy of the backbone), so ``interpolate(0.3)`` then ``interpolate(1.0)`` returns exactly to the
+fine-tuned weights. A new ``fit`` starts from whatever weights the model holds and becomes the new end.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from finetunekit.errors import ConfigError
+from finetunekit.retention.snapshot import backbone_state, load_backbone_state, mix_states
+
+DEFAULT_ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def check_alpha(alpha: Any) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+        raise ConfigError(
+            f"alpha={alpha!r} is invalid; expected a float in [0, 1] (0 = pretrained backbone, "
+            "1 = fine-tuned), e.g. interpolate(0.5)"
+        )
+    return float(alpha)
+
+
+def _finetuned_end(tuner: Any) -> dict[str, Any]:
+    """The fine-tuned backbone of the last fit, captured on first use after that fit."""
+    marker = tuner.history
+    if tuner._wise_end is None or tuner._wise_end[0] is not marker:
+        tuner._wise_end = (marker, backbone_state(tuner.model, tuner._backbone.head_path))
+    state: dict[str, Any] = tuner._wise_end[1]
+    return state
+
+
+def interpolate(tuner: Any, alpha: float) -> None:
+    """Set the backbone to the WiSE-FT mix at ``alpha``, in place; the head is untouched."""
+    alpha = check_alpha(alpha)
+    end = _finetuned_end(tuner)
+    load_backbone_state(tuner.model, mix_states(tuner._pretrained_state, end, alpha))
+    tuner._wise_alpha = alpha
+
+
+@dataclass
+class InterpolationSweep:
+    """Validation results per alpha, and the alpha the model was left at."""
+
+    alphas: list[float]
+    results: list[dict[str, float]]
+    metric: str
+    left_at: float
+    extra: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def accuracy(self) -> list[float]:
+        return [r[self.metric] for r in self.results]
+
+    @property
+    def best_alpha(self) -> float:
+        """The alpha with the best metric; ties go to the smaller alpha (closer to pretrained)."""
+        scores = self.accuracy
+        best = max(scores)
+        return next(a for a, s in zip(self.alphas, scores, strict=True) if s == best)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"alphas": self.alphas, "results": self.results, "metric": self.metric,
+                "best_alpha": self.best_alpha, "left_at": self.left_at, **self.extra}  # fmt: skip
+
+    def plot(self, path: str | os.PathLike[str] | None = None) -> Any:
+        from finetunekit.plots import plot_interpolation
+
+        return plot_interpolation(self, path=path)
+
+    def __str__(self) -> str:
+        keys = list(self.results[0]) if self.results else []
+        extra = list(self.extra)
+        lines = [f"{'alpha':>6}" + "".join(f"{k:>12}" for k in [*keys, *extra])]
+        for i, (a, r) in enumerate(zip(self.alphas, self.results, strict=True)):
+            cells = [r[k] for k in keys] + [self.extra[k][i] for k in extra]
+            lines.append(f"{a:>6.2f}" + "".join(f"{v:>12.4f}" for v in cells))
+        lines.append(f"best alpha {self.best_alpha:g}; model left at alpha {self.left_at:g}")
+        return "\n".join(lines)
+
+
+def _leave_at(leave_at: str | float, best: float) -> float:
+    if leave_at == "best":
+        return best
+    if leave_at == "finetuned":
+        return 1.0
+    if isinstance(leave_at, str):
+        raise ConfigError(f"leave_at={leave_at!r} is unknown; expected 'finetuned', 'best' or an alpha")
+    return check_alpha(leave_at)
+
+
+def sweep_interpolation(
+    tuner: Any,
+    x: Any,
+    y: Any = None,
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    *,
+    batch_size: int = 64,
+    metric: str = "accuracy",
+    leave_at: str | float = "finetuned",
+    monitor: Any = None,
+) -> InterpolationSweep:
+    """Evaluate the model at each alpha on validation data; leave it at ``leave_at``: "finetuned"
+    (alpha 1, the default: a sweep never silently changes the model), "best", or a number.
+
+    ``monitor`` (a RetentionMonitor) adds its feature similarity at each alpha to the result.
+    """
+    checked = [check_alpha(a) for a in alphas]
+    if not checked:
+        raise ConfigError("alphas is empty; expected alphas in [0, 1], e.g. alphas=(0, 0.5, 1)")
+    results: list[dict[str, float]] = []
+    extra: dict[str, list[float]] = {}
+    for a in checked:
+        interpolate(tuner, a)
+        results.append(tuner.evaluate(x, y, batch_size=batch_size))
+        if monitor is not None:
+            for k, v in monitor.measure(tuner).items():
+                extra.setdefault(k, []).append(v)
+    if metric not in results[0]:
+        raise ConfigError(f"metric={metric!r} is not computed; expected one of {sorted(results[0])}")
+    sweep = InterpolationSweep(checked, results, metric, 1.0, extra)
+    target = _leave_at(leave_at, sweep.best_alpha)
+    interpolate(tuner, target)
+    sweep.left_at = float(target)
+    return sweep
