@@ -374,6 +374,7 @@ class FineTuner:
         self._init_from_backbone(built, num_classes, int(config["in_chans"]), config.get("class_names"))
         try:
             self.model.load_state_dict(state, strict=True)
+            self._pretrained_state = backbone_state(self.model, built.head_path)  # the loaded starting point
         except RuntimeError as e:
             raise CheckpointError(
                 f"the weights in {str(path)!r} do not fit {config.get('spec')!r} with {num_classes} classes: "

@@ -123,3 +123,14 @@ def test_retention_monitor_logs_floats_and_zero_drift_at_start(images: tuple[np.
     assert mon.measure(ft)["retention_feature_sim"] == pytest.approx(1.0, abs=1e-9)
     with pytest.raises(ConfigError, match="'l2'"):
         RetentionMonitor(x, similarity="l2")
+
+
+def test_loaded_tuner_snapshots_the_loaded_weights(tmp_path, images: tuple[np.ndarray, np.ndarray]) -> None:
+    x, y = images
+    ft = FineTuner("timm/resnet10t", num_classes=3, pretrained=False, image_size=16, seed=0)
+    ft.fit(x[:32], y[:32], epochs=1, batch_size=16, verbose=0)
+    ft.save(tmp_path / "run")
+    loaded = FineTuner.load(tmp_path / "run")
+    saved = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    loaded.interpolate(0.0)  # "pretrained" for a loaded model = the loaded weights
+    assert all(torch.equal(saved[k], v) for k, v in loaded.model.state_dict().items())

@@ -63,12 +63,14 @@ class InterpolationSweep:
     def accuracy(self) -> list[float]:
         return [r[self.metric] for r in self.results]
 
+    tolerance: float = 0.0
+
     @property
     def best_alpha(self) -> float:
-        """The alpha with the best metric; ties go to the smaller alpha (closer to pretrained)."""
+        """The smallest alpha (closest to pretrained) whose metric is within ``tolerance`` of the best."""
         scores = self.accuracy
         best = max(scores)
-        return next(a for a, s in zip(self.alphas, scores, strict=True) if s == best)
+        return min(a for a, s in zip(self.alphas, scores, strict=True) if s >= best - self.tolerance)
 
     def to_dict(self) -> dict[str, Any]:
         return {"alphas": self.alphas, "results": self.results, "metric": self.metric,
@@ -82,10 +84,11 @@ class InterpolationSweep:
     def __str__(self) -> str:
         keys = list(self.results[0]) if self.results else []
         extra = list(self.extra)
-        lines = [f"{'alpha':>6}" + "".join(f"{k:>12}" for k in [*keys, *extra])]
+        widths = [max(10, len(k) + 2) for k in [*keys, *extra]]
+        lines = [f"{'alpha':>6}" + "".join(f"{k:>{w}}" for k, w in zip([*keys, *extra], widths, strict=True))]
         for i, (a, r) in enumerate(zip(self.alphas, self.results, strict=True)):
             cells = [r[k] for k in keys] + [self.extra[k][i] for k in extra]
-            lines.append(f"{a:>6.2f}" + "".join(f"{v:>12.4f}" for v in cells))
+            lines.append(f"{a:>6.2f}" + "".join(f"{v:>{w}.4f}" for v, w in zip(cells, widths, strict=True)))
         lines.append(f"best alpha {self.best_alpha:g}; model left at alpha {self.left_at:g}")
         return "\n".join(lines)
 
@@ -109,12 +112,15 @@ def sweep_interpolation(
     batch_size: int = 64,
     metric: str = "accuracy",
     leave_at: str | float = "finetuned",
+    tolerance: float = 0.0,
     monitor: Any = None,
 ) -> InterpolationSweep:
     """Evaluate the model at each alpha on validation data; leave it at ``leave_at``: "finetuned"
     (alpha 1, the default: a sweep never silently changes the model), "best", or a number.
 
-    ``monitor`` (a RetentionMonitor) adds its feature similarity at each alpha to the result.
+    "best" is the smallest alpha within ``tolerance`` of the best metric (e.g. 0.005: give up at most half
+    a point of accuracy for a backbone closer to pretrained). ``monitor`` (a RetentionMonitor) adds its
+    feature similarity and weight change at each alpha to the result.
     """
     checked = [check_alpha(a) for a in alphas]
     if not checked:
@@ -129,7 +135,7 @@ def sweep_interpolation(
                 extra.setdefault(k, []).append(v)
     if metric not in results[0]:
         raise ConfigError(f"metric={metric!r} is not computed; expected one of {sorted(results[0])}")
-    sweep = InterpolationSweep(checked, results, metric, 1.0, extra)
+    sweep = InterpolationSweep(checked, results, metric, 1.0, extra, tolerance=float(tolerance))
     target = _leave_at(leave_at, sweep.best_alpha)
     interpolate(tuner, target)
     sweep.left_at = float(target)

@@ -65,10 +65,13 @@ class BackboneRanking:
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "rows": [r.to_dict() for r in self.rows]}
 
-    def plot(self, path: str | os.PathLike[str] | None = None) -> Any:
+    def plot(
+        self, path: str | os.PathLike[str] | None = None, reference: Mapping[str, float] | None = None
+    ) -> Any:
+        """Bars of the scores; with ``reference`` (e.g. fine-tuned accuracies) also score vs reference."""
         from finetunekit.plots import plot_ranking
 
-        return plot_ranking(self, path=path)
+        return plot_ranking(self, path=path, reference=reference)
 
     def __str__(self) -> str:
         methods = list(self.rows[0].scores) if self.rows else [self.method]
@@ -158,6 +161,7 @@ def rank_backbones(
     image_size: int | tuple[int, int] | None = None,
     batch_size: int = 64,
     device: str = "auto",
+    seed: int | None = 0,
     cache: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
     score_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> BackboneRanking:
@@ -166,7 +170,8 @@ def rank_backbones(
     ``method`` is "logme" (default: no training, no hyperparameters), "knn" or "linear_probe", or a list
     of them (all computed from the same features; rows sorted by the first). Candidates are backbone
     names (registry weights), ``(name, weights_path)`` pairs, ``(name, None)`` for a random-init control,
-    ``nn.Module`` objects or ready FineTuners. Pass a dict as ``cache`` to reuse features across calls.
+    ``nn.Module`` objects or ready FineTuners. ``seed`` fixes random initializations (a random-init
+    control's score depends on its draw). Pass a dict as ``cache`` to reuse features across calls.
     """
     methods = _methods(method)
     labels = np.asarray(y)
@@ -179,7 +184,9 @@ def rank_backbones(
     for name, candidate in zip(labels_out, candidates, strict=True):
         start = time.perf_counter()
         if name not in cache:
-            tuner = build_candidate(candidate, max(num_classes, 1), image_size=image_size, device=device)
+            tuner = build_candidate(
+                candidate, max(num_classes, 1), image_size=image_size, device=device, seed=seed
+            )
             feats, lab = extract_features(tuner, x, y, batch_size=batch_size)
             cache[name] = (feats, np.asarray(lab if lab is not None else labels))
             del tuner
