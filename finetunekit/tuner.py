@@ -394,10 +394,11 @@ class FineTuner:
         return text if gaps is None else f"{text}\ntrain/validation gap, {gaps}"
 
     # ------------------------------------------------------------------ forgetting and overfitting
-    def interpolate(self, alpha: float) -> FineTuner:
+    def interpolate(self, alpha: float, bn_data: Any = None) -> FineTuner:
         """WiSE-FT: set the backbone to ``(1 - alpha) * pretrained + alpha * fine-tuned``; keep the head.
-        alpha=1 restores the fine-tuned weights exactly. See docs/failure_modes.md."""
-        wise.interpolate(self, alpha)
+        alpha=1 restores the fine-tuned weights exactly; ``bn_data`` re-estimates BatchNorm statistics
+        on those images for alpha < 1. See docs/failure_modes.md."""
+        wise.interpolate(self, alpha, bn_data=bn_data)
         return self
 
     def sweep_interpolation(self, x: Any, y: Any = None, alphas: Sequence[float] = wise.DEFAULT_ALPHAS,

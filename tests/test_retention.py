@@ -10,6 +10,7 @@ from helpers import TinyNet
 from finetunekit import L2SP, FineTuner
 from finetunekit.callbacks import RetentionMonitor
 from finetunekit.errors import ConfigError
+from finetunekit.retention import wise
 from finetunekit.retention.snapshot import relative_change
 
 
@@ -36,7 +37,7 @@ def test_l2sp_penalty_equals_the_formula_and_skips_frozen_groups() -> None:
     params = dict(ft.model.named_parameters())
     backbone = sum(((params[n] - w0[n]) ** 2).sum() for n in params if not n.startswith("fc."))
     expected = 0.3 / 2 * backbone + 0.05 / 2 * (params["fc.weight"] ** 2).sum()  # head bias: no decay
-    assert float(reg().detach()) == pytest.approx(float(expected), rel=1e-6)
+    assert float(reg().detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
     for n, p in params.items():
         p.requires_grad_(n.startswith("fc."))
     assert float(reg().detach()) == pytest.approx(
@@ -134,3 +135,28 @@ def test_loaded_tuner_snapshots_the_loaded_weights(tmp_path, images: tuple[np.nd
     saved = {k: v.clone() for k, v in loaded.model.state_dict().items()}
     loaded.interpolate(0.0)  # "pretrained" for a loaded model = the loaded weights
     assert all(torch.equal(saved[k], v) for k, v in loaded.model.state_dict().items())
+
+
+def test_interpolate_with_bn_data_reestimates_statistics_but_alpha_one_stays_exact(
+    images: tuple[np.ndarray, np.ndarray],
+) -> None:
+    x, y = images
+    ft = _tuner()
+    ft.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    tuned = _backbone(ft)
+    ft.interpolate(0.5)
+    mixed_mean = ft.model.stem[1].running_mean.clone()
+    wise.interpolate(ft, 0.5, bn_data=x, batch_size=40)  # equal batches: the cumulative mean is exact
+    recal = ft.model.stem[1].running_mean.clone()
+    assert not torch.allclose(recal, mixed_mean)
+    # the re-estimated mean is the per-channel mean of the stem conv output over x, in eval preprocessing
+    feats = []
+    with torch.no_grad():
+        ft.model.eval()
+        conv = ft.model.stem[0]
+        data = ft._prepare(x, None, augment=False, what="x", require_labels=False)
+        for i in range(len(data.dataset)):
+            feats.append(conv(data.dataset[i][0][None]))
+    assert torch.allclose(recal, torch.cat(feats).mean(dim=(0, 2, 3)), atol=1e-4)
+    ft.interpolate(1.0, bn_data=x)
+    assert all(torch.equal(tuned[k], v) for k, v in _backbone(ft).items())

@@ -17,6 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+from torch import nn
+
 from finetunekit.errors import ConfigError
 from finetunekit.retention.snapshot import backbone_state, load_backbone_state, mix_states
 
@@ -41,12 +44,51 @@ def _finetuned_end(tuner: Any) -> dict[str, Any]:
     return state
 
 
-def interpolate(tuner: Any, alpha: float) -> None:
-    """Set the backbone to the WiSE-FT mix at ``alpha``, in place; the head is untouched."""
+def interpolate(tuner: Any, alpha: float, bn_data: Any = None, batch_size: int = 64) -> None:
+    """Set the backbone to the WiSE-FT mix at ``alpha``, in place; the head is untouched.
+
+    With ``bn_data`` (images, e.g. the training set) and alpha < 1, BatchNorm running statistics are
+    re-estimated for the mixed weights instead of being mixed themselves (see recalibrate_batchnorm).
+    """
     alpha = check_alpha(alpha)
     end = _finetuned_end(tuner)
     load_backbone_state(tuner.model, mix_states(tuner._pretrained_state, end, alpha))
+    if bn_data is not None and alpha < 1.0:
+        recalibrate_batchnorm(tuner, bn_data, batch_size)
     tuner._wise_alpha = alpha
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(tuner: Any, x: Any, batch_size: int = 64) -> int:
+    """Re-estimate every BatchNorm's running statistics on images ``x`` for the current weights.
+
+    Averaging weights of two networks does not average their activation statistics, so mixed BN
+    statistics mismatch the mixed weights (the reason SWA ends with ``update_bn``, Izmailov et al. 2018).
+    One pass in eval mode with only the BN layers in train mode and a cumulative average (momentum None),
+    so dropout and stochastic depth stay off. Returns the number of BN layers updated.
+    """
+    from finetunekit.data import make_loader
+
+    norms = [m for m in tuner.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return 0
+    data = tuner._prepare(x, None, augment=False, what="bn_data", require_labels=False)
+    loader = make_loader(data, batch_size=batch_size, shuffle=False, seed=None)
+    was_training, momenta = tuner.model.training, [m.momentum for m in norms]
+    tuner.model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    try:
+        for batch in loader:
+            images = batch[0] if isinstance(batch, (list, tuple)) else batch
+            tuner.model(images.to(tuner.device))
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        tuner.model.train(was_training)
+    return len(norms)
 
 
 @dataclass
@@ -114,13 +156,15 @@ def sweep_interpolation(
     leave_at: str | float = "finetuned",
     tolerance: float = 0.0,
     monitor: Any = None,
+    bn_data: Any = None,
 ) -> InterpolationSweep:
     """Evaluate the model at each alpha on validation data; leave it at ``leave_at``: "finetuned"
     (alpha 1, the default: a sweep never silently changes the model), "best", or a number.
 
     "best" is the smallest alpha within ``tolerance`` of the best metric (e.g. 0.005: give up at most half
     a point of accuracy for a backbone closer to pretrained). ``monitor`` (a RetentionMonitor) adds its
-    feature similarity and weight change at each alpha to the result.
+    feature similarity and weight change at each alpha to the result. ``bn_data`` (training images)
+    re-estimates BatchNorm statistics at each alpha < 1 (recommended for BatchNorm networks).
     """
     checked = [check_alpha(a) for a in alphas]
     if not checked:
@@ -128,7 +172,7 @@ def sweep_interpolation(
     results: list[dict[str, float]] = []
     extra: dict[str, list[float]] = {}
     for a in checked:
-        interpolate(tuner, a)
+        interpolate(tuner, a, bn_data=bn_data, batch_size=batch_size)
         results.append(tuner.evaluate(x, y, batch_size=batch_size))
         if monitor is not None:
             for k, v in monitor.measure(tuner).items():
@@ -137,6 +181,6 @@ def sweep_interpolation(
         raise ConfigError(f"metric={metric!r} is not computed; expected one of {sorted(results[0])}")
     sweep = InterpolationSweep(checked, results, metric, 1.0, extra, tolerance=float(tolerance))
     target = _leave_at(leave_at, sweep.best_alpha)
-    interpolate(tuner, target)
+    interpolate(tuner, target, bn_data=bn_data, batch_size=batch_size)
     sweep.left_at = float(target)
     return sweep
