@@ -219,6 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="part 1: fine-tune per seed, average")
     p.add_argument(
         "--threads", type=int, default=1, help="torch and BLAS threads (1: the shared box thrashes with more)"
     )

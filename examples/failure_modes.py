@@ -45,7 +45,9 @@ print(
 print(ft.summary())
 
 # 3. WiSE-FT: interpolate the backbone between pretrained and fine-tuned; pick alpha on validation.
-sweep = ft.sweep_interpolation(x_val, y_val, alphas=[0.0, 0.5, 0.8, 1.0], leave_at="best", monitor=monitor)
+sweep = ft.sweep_interpolation(
+    x_val, y_val, alphas=[0.0, 0.5, 0.8, 1.0], leave_at="best", tolerance=0.005, monitor=monitor, bn_data=x
+)
 print(sweep)
 print("test accuracy at the chosen alpha:", ft.evaluate(x_test, y_test)["accuracy"])
 
