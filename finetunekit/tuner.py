@@ -171,14 +171,15 @@ class FineTuner:
         for every group; see docs/failure_modes.md). ``mixup`` / ``cutmix`` are Beta concentrations
         (0 = off) for mixing training batches with soft targets.
         """
-        self._compile_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        given = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
             raise ConfigError(f"lr={lr!r} is invalid; expected a float > 0, e.g. 1e-3")
         if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or weight_decay < 0:
             raise ConfigError(f"weight_decay={weight_decay!r} is invalid; expected a float >= 0, e.g. 0.01")
         if isinstance(metrics, str):
             metrics = [metrics]
-        check_mix_alpha("mixup", mixup), check_mix_alpha("cutmix", cutmix)
+        check_mix_alpha("mixup", mixup)
+        check_mix_alpha("cutmix", cutmix)
         if regularizer is not None and not callable(regularizer):
             raise ConfigError(f"regularizer={regularizer!r} is not callable; expected e.g. L2SP(0.01, 0.01)")
         decay = 0.0 if getattr(regularizer, "replaces_weight_decay", False) else weight_decay
@@ -197,6 +198,7 @@ class FineTuner:
             mixup=float(mixup),
             cutmix=float(cutmix),
         )
+        self._compile_kwargs = given  # learning_curve compiles its fresh copies the same way
         return self
 
     # ------------------------------------------------------------------------------------------ fit
