@@ -12,9 +12,11 @@ from finetunekit.errors import FineTuneKitError
 
 if TYPE_CHECKING:
     from finetunekit.backbones import list_backbones
+    from finetunekit.retention import L2SP
+    from finetunekit.selection import rank_backbones
     from finetunekit.tuner import FineTuner
 
-__all__ = ["FineTuneKitError", "FineTuner", "list_backbones"]
+__all__ = ["L2SP", "FineTuneKitError", "FineTuner", "list_backbones", "rank_backbones"]
 __version__ = "0.1.0"
 
 
@@ -27,4 +29,12 @@ def __getattr__(name: str) -> Any:
         from finetunekit.backbones import list_backbones
 
         return list_backbones
+    if name == "rank_backbones":
+        from finetunekit.selection import rank_backbones
+
+        return rank_backbones
+    if name == "L2SP":
+        from finetunekit.retention import L2SP
+
+        return L2SP
     raise AttributeError(f"module 'finetunekit' has no attribute {name!r}")

@@ -18,6 +18,7 @@ from finetunekit.optim import set_frozen_norms_to_eval, write_lrs
 from finetunekit.step import ComputeConfig, Stepper
 from finetunekit.strategies import Plan
 
+BatchTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 LOG_EVERY = 10  # batch logs are synced from the device at most this often
 
 
@@ -50,6 +51,8 @@ class TrainContext:
     nonfinite_state: dict[str, torch.Tensor] | None = None
     buffer_backup: list[torch.Tensor] | None = None
     step_applied: bool = True  # False after a step skipped for a non-finite loss
+    regularizer: Callable[[], torch.Tensor] | None = None  # e.g. L2SP: added to the loss for backward
+    batch_transform: BatchTransform | None = None  # e.g. mixup: (x, y) -> (x, soft targets) before forward
 
 
 def to_device(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,7 +93,8 @@ def train_epoch(
         multiplier = ctx.schedule(global_step / max(1, ctx.total_steps))
         write_lrs(ctx.optimizer, ctx.base_lr, multiplier, plan)
         x, y = to_device(batch, ctx.device)
-        loss, logits = train_step(ctx, x, y)
+        xin, target = ctx.batch_transform(x, y) if ctx.batch_transform is not None else (x, y)
+        loss, logits = train_step(ctx, xin, target)
         if ctx.step_applied:
             tracker.update(loss, logits, y)
         if step % LOG_EVERY == 0:
@@ -112,10 +116,10 @@ def train_epoch(
 
 
 def train_step(ctx: TrainContext, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One micro-batch: forward under the stepper's autocast, backward, and an optimizer step when the
-    accumulation window is complete. A non-finite loss is caught before ``optimizer.step()``
-    (finetunekit.nonfinite), so the weights stay those of the last good step and ``ctx.step_applied``
-    says False. Returns the detached loss and logits for metrics."""
+    """One micro-batch: forward under the stepper's autocast, backward of the loss plus the regularizer
+    (e.g. L2-SP), and an optimizer step when the accumulation window is complete. A non-finite loss is
+    caught before ``optimizer.step()`` (finetunekit.nonfinite), so the weights stay those of the last
+    good step and ``ctx.step_applied`` says False. Returns the detached loss and logits for metrics."""
     if ctx.stepper is None:
         ctx.stepper = Stepper(ComputeConfig(), ctx.model, ctx.device)
     stepper = ctx.stepper
@@ -123,8 +127,12 @@ def train_step(ctx: TrainContext, x: torch.Tensor, y: torch.Tensor) -> tuple[tor
     with stepper.autocast():
         logits = stepper.forward(ctx.model, stepper.prepare(x))
         loss = ctx.loss_fn(logits, y)
+    total = loss + ctx.regularizer() if ctx.regularizer is not None else loss
     stepped = stepper.backward_and_step(
-        loss, ctx.optimizer, ctx.steps_per_epoch, lambda: nonfinite.guarded_step(ctx, loss.detach(), buffers)
+        total,
+        ctx.optimizer,
+        ctx.steps_per_epoch,
+        lambda: nonfinite.guarded_step(ctx, total.detach(), buffers),
     )
     ctx.step_applied = stepped is not False
     _step_torch_scheduler(ctx.schedule)

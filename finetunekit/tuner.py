@@ -35,6 +35,11 @@ from finetunekit.optim import (
     norm_modules_by_group,
     set_frozen_norms_to_eval,
 )
+from finetunekit.regularization import learning_curve as _lc
+from finetunekit.regularization.gap import gap_line, gap_logs
+from finetunekit.regularization.mixing import BatchMixer, check_mix_alpha
+from finetunekit.retention import wise
+from finetunekit.retention.snapshot import backbone_state
 from finetunekit.schedules import get_schedule, schedule_phase
 from finetunekit.step import ComputeConfig, Stepper, WeightEMA, check_compute, make_ema
 from finetunekit.strategies import Plan, Strategy, check_plan, resolve_strategy
@@ -70,6 +75,9 @@ class CompileConfig:
     schedule_kwargs: dict[str, Any]
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     on_nonfinite: str = "raise"
+    regularizer: Any = None  # e.g. L2SP; a callable () -> scalar tensor added to the training loss
+    mixup: float = 0.0
+    cutmix: float = 0.0
 
 
 def seed_everything(seed: int) -> None:
@@ -142,6 +150,11 @@ class FineTuner:
         self._ema: WeightEMA | None = None
         self._feature_cache: feature_cache.FeatureCache | None = None
         self._stepper: Stepper | None = None
+        # Starting point for L2-SP, WiSE-FT, RetentionMonitor, learning_curve: one CPU copy of the backbone.
+        self._pretrained_state = backbone_state(self.model, built.head_path)
+        self._wise_end: tuple[Any, dict[str, torch.Tensor]] | None = None
+        self._wise_alpha: float | None = None
+        self._compile_kwargs: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------------------------- properties
     @property
@@ -199,6 +212,9 @@ class FineTuner:
         clip_grad_norm: float | None = None,
         clip_grad_value: float | None = None,
         ema_decay: float | None = None,
+        regularizer: Any = None,
+        mixup: float = 0.0,
+        cutmix: float = 0.0,
     ) -> FineTuner:
         """Choose optimizer, LR, loss, metrics and LR schedule. Every layer group enters the optimizer
         now, frozen or not, so nothing is added mid-run (DESIGN decision 2). ``on_nonfinite``: what a NaN
@@ -208,7 +224,13 @@ class FineTuner:
         GradScaler whose skipped steps ``amp_skipped_steps`` counts), ``channels_last``, ``compile_model``
         (torch.compile; eager with a warning when it cannot), ``accumulate_steps`` (one optimizer step per
         that many batches), ``clip_grad_norm`` / ``clip_grad_value``, ``ema_decay`` (an EMA of the weights,
-        used by validation, evaluate, predict and save)."""
+        used by validation, evaluate, predict and save).
+
+        ``regularizer=L2SP(alpha, beta)`` replaces weight decay (the optimizer's decoupled decay becomes 0
+        for every group; see docs/failure_modes.md). ``mixup`` / ``cutmix`` are Beta concentrations
+        (0 = off) for mixing training batches with soft targets.
+        """
+        given = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         nonfinite.check_policy(on_nonfinite)
         compute = check_compute(self.device, precision, channels_last, compile_model, accumulate_steps,
                                 clip_grad_norm, clip_grad_value, ema_decay)  # fmt: skip
@@ -218,9 +240,12 @@ class FineTuner:
             raise ConfigError(f"weight_decay={weight_decay!r} is invalid; expected a float >= 0, e.g. 0.01")
         if isinstance(metrics, str):
             metrics = [metrics]
-        groups = build_param_groups(
-            self.model, self._backbone.groups, self._backbone.no_weight_decay, weight_decay
-        )
+        check_mix_alpha("mixup", mixup)
+        check_mix_alpha("cutmix", cutmix)
+        if regularizer is not None and not callable(regularizer):
+            raise ConfigError(f"regularizer={regularizer!r} is not callable; expected e.g. L2SP(0.01, 0.01)")
+        decay = 0.0 if getattr(regularizer, "replaces_weight_decay", False) else weight_decay
+        groups = build_param_groups(self.model, self._backbone.groups, self._backbone.no_weight_decay, decay)
         self.optimizer = make_optimizer(optimizer, groups, float(lr))
         get_schedule(schedule, 1, **dict(schedule_kwargs or {}))  # fail now, not at fit
         self._compiled = CompileConfig(
@@ -233,8 +258,12 @@ class FineTuner:
             schedule_kwargs=dict(schedule_kwargs or {}),
             compute=compute,
             on_nonfinite=on_nonfinite,
+            regularizer=regularizer,
+            mixup=float(mixup),
+            cutmix=float(cutmix),
         )
         self._ema = make_ema(self.model, compute.ema_decay) if compute.ema_decay else None
+        self._compile_kwargs = given  # learning_curve compiles its fresh copies the same way
         return self
 
     # ------------------------------------------------------------------------------------------ fit
@@ -292,7 +321,8 @@ class FineTuner:
         )  # fmt: skip
         restarts = self.strategy.schedule_restarts(len(self._backbone.groups))
         self._stepper = Stepper(self._compiled.compute, self.model, self.device, self._ema)
-        self._new_feature_cache(loader, train, val, cache_features and not dist.active)
+        mixing = bool(self._compiled.mixup or self._compiled.cutmix)  # mixed features != mixed images
+        self._new_feature_cache(loader, train, val, cache_features and not dist.active and not mixing)
         self._run = FitRun(None, cbs, loader, epochs, steps, restarts, dist)
         self._use_schedule_phase(initial_epoch)
         self._planned_epochs = epochs
@@ -367,6 +397,7 @@ class FineTuner:
                 sync_metrics=dist.active,
             )  # fmt: skip
             logs.update({f"val_{k}": v for k, v in val_logs.items()})
+            logs.update(gap_logs(logs))
         cbs.on_epoch_end(epoch, logs)
         return logs
 
@@ -405,6 +436,8 @@ class FineTuner:
             metrics=cfg.metrics, device=self.device, steps_per_epoch=steps, total_steps=total,
             train_bn=self.strategy.train_bn, norms_by_group=self._norms_by_group, first_epoch=first_epoch,
             nonfinite=cfg.on_nonfinite, stepper=self._stepper,
+            regularizer=cfg.regularizer.bind(self) if hasattr(cfg.regularizer, "bind") else cfg.regularizer,
+            batch_transform=self._batch_mixer(),
         )  # fmt: skip
 
     def _new_feature_cache(
@@ -431,6 +464,12 @@ class FineTuner:
     def amp_skipped_steps(self) -> int:
         """Optimizer steps the fp16 GradScaler skipped (inf/NaN gradients) in the last fit."""
         return int(self._stepper.skipped_steps.item()) if self._stepper is not None else 0
+
+    def _batch_mixer(self) -> BatchMixer | None:
+        cfg = self._compiled
+        assert cfg is not None
+        mixer = BatchMixer(self.num_classes, cfg.mixup, cfg.cutmix, seed=self.seed)
+        return mixer if mixer.active else None
 
     def plan(self, epoch: int) -> Plan:
         """The strategy's plan for ``epoch``, checked."""
@@ -526,6 +565,7 @@ class FineTuner:
         self._init_from_backbone(built, num_classes, int(config["in_chans"]), config.get("class_names"))
         try:
             self.model.load_state_dict(state, strict=True)
+            self._pretrained_state = backbone_state(self.model, built.head_path)  # the loaded starting point
         except RuntimeError as e:
             raise CheckpointError(
                 f"the weights in {str(path)!r} do not fit {config.get('spec')!r} with {num_classes} classes: "
@@ -556,7 +596,28 @@ class FineTuner:
             self.spec, self.groups, plans, base_lr, self.strategy, self._norms_by_group,
             open_ended=not known, restarts=self.strategy.schedule_restarts(n_groups),
         )  # fmt: skip
-        return f"{text}\nfeature cache: {feature_cache.cache_status(self._feature_cache)}"
+        text = f"{text}\nfeature cache: {feature_cache.cache_status(self._feature_cache)}"
+        gaps = gap_line(self.history)
+        return text if gaps is None else f"{text}\ntrain/validation gap, {gaps}"
+
+    # ------------------------------------------------------------------ forgetting and overfitting
+    def interpolate(self, alpha: float, bn_data: Any = None) -> FineTuner:
+        """WiSE-FT: set the backbone to ``(1 - alpha) * pretrained + alpha * fine-tuned``; keep the head.
+        alpha=1 restores the fine-tuned weights exactly; ``bn_data`` re-estimates BatchNorm statistics
+        on those images for alpha < 1. See docs/failure_modes.md."""
+        wise.interpolate(self, alpha, bn_data=bn_data)
+        return self
+
+    def sweep_interpolation(self, x: Any, y: Any = None, alphas: Sequence[float] = wise.DEFAULT_ALPHAS,
+                            **kwargs: Any) -> wise.InterpolationSweep:  # fmt: skip
+        """Validation metrics per WiSE-FT alpha; leaves the model fine-tuned (``leave_at="best"`` to pick)."""
+        return wise.sweep_interpolation(self, x, y, alphas, **kwargs)
+
+    def learning_curve(self, x: Any, y: Any, fractions: Sequence[float] = (0.1, 0.25, 0.5, 1.0),
+                       **kwargs: Any) -> _lc.LearningCurve:  # fmt: skip
+        """Fine-tune fresh copies (pretrained backbone, new head) on growing stratified fractions of
+        ``(x, y)``; validation accuracy per fraction. ``self`` is not modified."""
+        return _lc.learning_curve(self, x, y, fractions, **kwargs)
 
     def __repr__(self) -> str:
         return f"FineTuner({self.spec!r}, num_classes={self.num_classes}, strategy={self.strategy!r})"

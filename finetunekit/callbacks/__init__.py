@@ -14,6 +14,7 @@ from finetunekit.callbacks.lambda_callback import LambdaCallback
 from finetunekit.callbacks.lr_callbacks import LearningRateScheduler, ReduceLROnPlateau
 from finetunekit.callbacks.model_checkpoint import ModelCheckpoint
 from finetunekit.callbacks.progbar import ProgbarLogger
+from finetunekit.callbacks.retention import RetentionMonitor
 from finetunekit.callbacks.terminate_on_nan import TerminateOnNaN
 
 __all__ = [
@@ -28,5 +29,6 @@ __all__ = [
     "ModelCheckpoint",
     "ProgbarLogger",
     "ReduceLROnPlateau",
+    "RetentionMonitor",
     "TerminateOnNaN",
 ]

@@ -1,0 +1,1 @@
+"""Resisting overfitting: batch mixing (mixup/CutMix), the train/validation gap, learning curves."""
