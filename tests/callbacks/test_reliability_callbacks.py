@@ -88,7 +88,8 @@ def test_csv_logger_writes_keras_rows_and_appends(tmp_path: Path) -> None:
     ft = tuner()
     ft.fit(X, Y, batch_size=8, epochs=2, verbose=0, validation_split=0.25, callbacks=[CSVLogger(path)])
     rows = list(csv.reader(path.open()))
-    assert rows[0] == ["epoch", "accuracy", "gap_accuracy", "gap_loss", "loss", "lr", "val_accuracy", "val_loss"]
+    header = ["epoch", "accuracy", "gap_accuracy", "gap_loss", "loss", "lr", "val_accuracy", "val_loss"]
+    assert rows[0] == header
     assert [r[0] for r in rows[1:]] == ["0", "1"]
     assert ft.history is not None
     assert float(rows[2][4]) == ft.history.history["loss"][1]
