@@ -125,12 +125,18 @@ def configs(lr: float) -> dict[str, Callable[[], tuple[Any, dict[str, Any]]]]:
         "FullFineTune, cosine": lambda: (FullFineTune(), {"lr": lr, "schedule": "cosine"}),
         "FullFineTune, one_cycle, lr/3": lambda: (FullFineTune(), {"lr": lr / 3}),
         "FullFineTune, one_cycle, lr*3": lambda: (FullFineTune(), {"lr": lr * 3}),
+        "FullFineTune, one_cycle, lr*2/3": lambda: (FullFineTune(), {"lr": lr * 2 / 3}),
         "FrozenBackbone": lambda: (FrozenBackbone(), {"lr": lr}),
         "GradualUnfreeze(every=1)": lambda: (GradualUnfreeze(every=1), {"lr": lr}),
         "DiscriminativeLR(0.5)": lambda: (DiscriminativeLR(0.5), {"lr": lr}),
         "LPFT(1), schedule restarts": lambda: (LPFT(probe_epochs=1), {"lr": lr}),
         "LPFT(1), one schedule": lambda: (LPFT(probe_epochs=1, restart_schedule=False), {"lr": lr}),
         "LPFT(1, finetune_scale=0.5)": lambda: (LPFT(probe_epochs=1, finetune_scale=0.5), {"lr": lr}),
+        "LPFT(1, finetune_scale=0.5), one schedule": lambda: (
+            LPFT(probe_epochs=1, finetune_scale=0.5, restart_schedule=False),
+            {"lr": lr},
+        ),
+        "LPFT(1, finetune_scale=0.1)": lambda: (LPFT(probe_epochs=1, finetune_scale=0.1), {"lr": lr}),
         "[GradualUnfreeze(1), DiscriminativeLR(0.7)]": lambda: (
             [GradualUnfreeze(every=1), DiscriminativeLR(0.7)],
             {"lr": lr},
