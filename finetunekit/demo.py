@@ -54,7 +54,14 @@ def run_one(
     )
     ft.compile(lr=args.lr)
     start = time.perf_counter()
-    ft.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs, verbose=args.verbose)
+    ft.fit(
+        x_train,
+        y_train,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        verbose=args.verbose,
+        augment=args.augment,
+    )
     seconds = time.perf_counter() - start
     result = ft.evaluate(x_test, y_test, batch_size=128)
     return {"run": name, "test_accuracy": result["accuracy"], "test_loss": result["loss"], "seconds": seconds}
@@ -66,7 +73,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--n-train", type=int, default=300, help="training images; the rest are held out")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument(
+        "--augment",
+        action="store_true",
+        help="use the default flip + random-resized-crop augmentation (off: flipped digits change meaning)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verbose", type=int, default=1)
     args = parser.parse_args(argv)

@@ -54,3 +54,7 @@ class NonFiniteLossError(FineTuneKitError, FloatingPointError):
 
 class MissingDependencyError(FineTuneKitError, ImportError):
     """An optional package a feature needs (e.g. matplotlib for plots) is not installed."""
+
+
+class DistributedError(FineTuneKitError, RuntimeError):
+    """Multi-process training cannot continue: a setting does not fit the job, or another rank failed."""

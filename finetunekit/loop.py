@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from finetunekit import nonfinite
 from finetunekit.callbacks import CallbackList
 from finetunekit.metrics import MetricTracker
 from finetunekit.optim import set_frozen_norms_to_eval, write_lrs
@@ -35,6 +36,18 @@ class TrainContext:
     train_bn: bool
     norms_by_group: list[list[nn.Module]] = field(default_factory=list)
     first_epoch: int = 0  # where this schedule cycle starts (a strategy may restart it, e.g. LPFT)
+    sync_metrics: bool = False  # [distributed] epoch metrics summed over ranks (finetunekit.distributed)
+    nonfinite: str = "raise"  # compile(on_nonfinite=...): see finetunekit.nonfinite
+    # Where the loop is, and what a checkpoint needs to resume it exactly (finetunekit.train_state).
+    epoch: int = 0
+    step: int = 0
+    tracker: MetricTracker | None = None
+    epoch_start: dict[str, torch.Tensor] = field(default_factory=dict)
+    skipped: int = 0
+    stop_requested: bool = False
+    nonfinite_state: dict[str, torch.Tensor] | None = None
+    buffer_backup: list[torch.Tensor] | None = None
+    step_applied: bool = True  # False after a step skipped for a non-finite loss
 
 
 def to_device(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,27 +61,47 @@ def to_device(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Ten
 
 
 def train_epoch(
-    ctx: TrainContext, loader: Iterable[Any], epoch: int, plan: Plan, callbacks: CallbackList, tuner: Any
+    ctx: TrainContext,
+    loader: Iterable[Any],
+    epoch: int,
+    plan: Plan,
+    callbacks: CallbackList,
+    tuner: Any,
+    start_step: int = 0,
 ) -> dict[str, float]:
-    """One pass over the training data: forward, loss, backward, step; LRs written before each step."""
+    """One pass over the training data: forward, loss, backward, step; LRs written before each step.
+
+    ``start_step > 0`` continues an interrupted epoch: ``loader`` then yields the remaining batches
+    only, and ``ctx.tracker`` already holds the metrics of the batches before it."""
     ctx.model.train()
     set_frozen_norms_to_eval(plan, ctx.norms_by_group, ctx.train_bn)
-    tracker = MetricTracker(ctx.metrics, ctx.device)
-    batch_logs: dict[str, float] = {}
-    step = -1
-    for step, batch in enumerate(loader):
+    ctx.epoch = epoch
+    if start_step == 0 or ctx.tracker is None:
+        ctx.tracker = MetricTracker(ctx.metrics, ctx.device)
+    tracker = ctx.tracker
+    batch_logs: dict[str, float] = tracker.result() if start_step else {}
+    step = start_step - 1
+    for step, batch in enumerate(loader, start=start_step):
         callbacks.on_train_batch_begin(step)
+        ctx.step = step
         global_step = (epoch - ctx.first_epoch) * ctx.steps_per_epoch + step
         multiplier = ctx.schedule(global_step / max(1, ctx.total_steps))
         write_lrs(ctx.optimizer, ctx.base_lr, multiplier, plan)
         x, y = to_device(batch, ctx.device)
         loss, logits = train_step(ctx, x, y)
-        tracker.update(loss, logits, y)
+        if ctx.step_applied:
+            tracker.update(loss, logits, y)
         if step % LOG_EVERY == 0:
+            nonfinite.check_deferred(ctx)
             batch_logs = tracker.result()
+        tuner.stop_training = tuner.stop_training or ctx.stop_requested
         callbacks.on_train_batch_end(step, batch_logs)
         if tuner.stop_training:
             break
+    nonfinite.check_deferred(ctx)
+    tuner.stop_training = tuner.stop_training or ctx.stop_requested
+    if ctx.sync_metrics:  # [distributed]
+        tracker.all_reduce()
     logs = tracker.result()
     logs["lr"] = ctx.base_lr * ctx.schedule(
         min(1.0, ((epoch - ctx.first_epoch) * ctx.steps_per_epoch + step + 1) / max(1, ctx.total_steps))
@@ -77,12 +110,15 @@ def train_epoch(
 
 
 def train_step(ctx: TrainContext, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step on one batch; returns the detached loss and logits for metrics."""
+    """One optimizer step on one batch; returns the detached loss and logits for metrics. A non-finite
+    loss is caught before ``optimizer.step()`` (finetunekit.nonfinite), so the weights stay those of the
+    last good step; ``ctx.step_applied`` then says False."""
+    buffers = nonfinite.snapshot_buffers(ctx)
     logits = ctx.model(x)
     loss = ctx.loss_fn(logits, y)
     ctx.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    ctx.optimizer.step()
+    ctx.step_applied = nonfinite.guarded_step(ctx, loss.detach(), buffers)
     _step_torch_scheduler(ctx.schedule)
     return loss.detach(), logits.detach()
 
@@ -101,8 +137,10 @@ def evaluate_loader(
     metrics: list[str],
     device: torch.device,
     callbacks: CallbackList,
+    sync_metrics: bool = False,
 ) -> dict[str, float]:
-    """Mean loss and metrics over a labelled loader, in eval mode; restores the model's mode after."""
+    """Mean loss and metrics over a labelled loader, in eval mode; restores the model's mode after.
+    ``sync_metrics``: sums and counts are added over DDP ranks, which each evaluated their own shard."""
     was_training = model.training
     model.eval()
     tracker = MetricTracker(metrics, device)
@@ -113,6 +151,8 @@ def evaluate_loader(
         logits = model(x)
         tracker.update(loss_fn(logits, y), logits, y)
         callbacks.on_test_batch_end(step)
+    if sync_metrics:  # [distributed]
+        tracker.all_reduce()
     logs = tracker.result()
     callbacks.on_test_end(logs)
     model.train(was_training)

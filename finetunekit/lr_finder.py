@@ -286,6 +286,7 @@ def _sweep(ft: FineTuner, loader: Any, lrs: list[float], smoother: _Smoother) ->
     apply_plan(plan, ft._params_by_group, ft.optimizer)
     ctx = ft._train_context(steps=len(lrs), epochs=1)
     ctx.schedule = constant()
+    ctx.nonfinite = "stop"  # a diverging loss ends the sweep (the smoother sees it), never an error
     ft.model.train()
     set_frozen_norms_to_eval(plan, ft._norms_by_group, ft.strategy.train_bn)
     batches = _batches(loader)

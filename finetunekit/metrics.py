@@ -55,6 +55,16 @@ class MetricTracker:
             self._correct += torch.stack([METRICS[m](logits, target) for m in self.metrics]).double()
         self._n += n
 
+    def all_reduce(self) -> None:
+        """Sum the totals over DDP ranks (a no-op in one process): each rank saw its own samples, so the
+        job's mean is the summed loss and counts over the summed sample count, never a mean of means."""
+        from finetunekit.distributed import all_reduce_sum
+
+        totals = all_reduce_sum(
+            torch.cat([self._loss.reshape(1), self._correct, self._loss.new_tensor([self._n])])
+        )
+        self._loss, self._correct, self._n = totals[0], totals[1:-1], int(totals[-1].item())
+
     def result(self) -> dict[str, float]:
         """Python floats (one host sync)."""
         if self._n == 0:

@@ -37,10 +37,11 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a rename durable: the directory entry itself must reach the disk."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -71,10 +72,17 @@ def save_model_folder(
             f"save path {str(folder)!r} is a file; expected a folder path, e.g. 'runs/my_model'"
         )
     try:
-        atomic_write_bytes(folder / MODEL_FILE, tensors_to_bytes(state))
-        atomic_write_json(
-            folder / CONFIG_FILE, {"format": FORMAT, "format_version": FORMAT_VERSION, **config}
+        from finetunekit.checkpoint import MANIFEST, manifest_bytes
+
+        model = tensors_to_bytes(state)
+        cfg = json.dumps(
+            {"format": FORMAT, "format_version": FORMAT_VERSION, **config}, indent=2, sort_keys=True
         )
+        files = {MODEL_FILE: model, CONFIG_FILE: cfg.encode()}
+        (folder / MANIFEST).unlink(missing_ok=True)  # a half-rewritten folder must not look verified
+        for name, data in files.items():
+            atomic_write_bytes(folder / name, data)
+        atomic_write_bytes(folder / MANIFEST, manifest_bytes(files, {"kind": "model"}))
     except OSError as e:
         raise CheckpointError(
             f"could not write the model to {str(folder)!r}: {e.strerror or e}; choose a writable folder "
@@ -83,7 +91,13 @@ def save_model_folder(
 
 
 def load_model_folder(folder: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    folder = Path(folder)
+    """The weights and config of an ``ft.save()`` folder or a checkpoint; with a manifest (all we write
+    have one) every file's checksum is verified before it is parsed."""
+    from finetunekit import checkpoint
+
+    folder = checkpoint.resolve(folder)
+    if (folder / checkpoint.MANIFEST).is_file():
+        checkpoint.verify(folder)
     config_path, model_path = folder / CONFIG_FILE, folder / MODEL_FILE
     for p in (config_path, model_path):
         if not p.is_file():

@@ -85,11 +85,14 @@ class TorchSchedulerMultiplier:
         self._step += 1
 
     def state_dict(self) -> dict[str, Any]:
-        return {"scheduler": self._sched.state_dict(), "step": self._step}
+        # The multiplier is the shadow optimizer's LR, which the scheduler's own state does not hold.
+        return {"scheduler": self._sched.state_dict(), "step": self._step, "lr": self(0.0)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._sched.load_state_dict(state["scheduler"])
         self._step = state["step"]
+        if "lr" in state:
+            self._opt.param_groups[0]["lr"] = float(state["lr"])
 
 
 def schedule_phase(restarts: list[int], epochs: int, epoch: int) -> tuple[int, int]:

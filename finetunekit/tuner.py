@@ -16,12 +16,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from finetunekit import loop, saving
+from finetunekit import loop, nonfinite, preflight, saving
 from finetunekit.backbones import build_backbone, rebuild_backbone
 from finetunekit.backbones.base import Backbone, DataConfig
 from finetunekit.callbacks import Callback, CallbackList, History
-from finetunekit.data import PreparedData, make_loader, prepare_data, split_validation
-from finetunekit.errors import CheckpointError, ConfigError
+from finetunekit.data import PreparedData, prepare_data, split_validation
+from finetunekit.determinism import deterministic_mode
+from finetunekit.distributed.failure import guard
+from finetunekit.distributed.run import run_for
+from finetunekit.errors import CheckpointError, ConfigError, NotCompiledError
+from finetunekit.loader_state import epoch_start_snapshot
 from finetunekit.metrics import check_metrics
 from finetunekit.optim import (
     apply_plan,
@@ -33,6 +37,7 @@ from finetunekit.optim import (
 from finetunekit.schedules import get_schedule, schedule_phase
 from finetunekit.strategies import Plan, Strategy, check_plan, resolve_strategy
 from finetunekit.summary import format_summary
+from finetunekit.train_state import FitRun, ResumePoint
 from finetunekit.validation import check_fit_args, check_positive_int, resolve_device
 
 if TYPE_CHECKING:
@@ -60,6 +65,7 @@ class CompileConfig:
     metrics: list[str]
     schedule: Any
     schedule_kwargs: dict[str, Any]
+    on_nonfinite: str = "raise"
 
 
 def seed_everything(seed: int) -> None:
@@ -85,10 +91,17 @@ class FineTuner:
         seed: int | None = None,
         head: str | None = None,
         class_names: Sequence[str] | None = None,
+        groups: Sequence[str | Sequence[str]] | None = None,
+        distributed: bool | None = None,
+        sync_bn: bool = False,
     ):
+        """``distributed``: None runs DDP when launched by torchrun (or a process group exists), True
+        insists, False never (each process trains alone). ``sync_bn`` turns BatchNorm into SyncBatchNorm
+        under DDP (CUDA only). See docs/distributed.md."""
         check_positive_int("num_classes", num_classes)
         check_positive_int("in_chans", in_chans)
         self.seed = seed
+        self.distributed, self.sync_bn = distributed, bool(sync_bn)  # [distributed]
         if seed is not None:
             seed_everything(seed)
         self.device = resolve_device(device)
@@ -101,6 +114,7 @@ class FineTuner:
             in_chans=in_chans,
             image_size=image_size,
             head=head,
+            groups=groups,
         )
         self._init_from_backbone(built, num_classes, in_chans, class_names)
 
@@ -118,6 +132,7 @@ class FineTuner:
         self.optimizer: torch.optim.Optimizer | None = None
         self._compiled: CompileConfig | None = None
         self._planned_epochs: int | None = None
+        self._run: FitRun | None = None  # the fit in progress, for checkpointing callbacks
         self._params_by_group = group_params(self.model, built.groups)
         self._norms_by_group = norm_modules_by_group(self.model, built.groups)
 
@@ -139,6 +154,24 @@ class FineTuner:
     def spec(self) -> str:
         return self._backbone.spec
 
+    @property
+    def base_lr(self) -> float:
+        """compile()'s ``lr``: every group's LR is ``base_lr * schedule * group scale``. ReduceLROnPlateau
+        and LearningRateScheduler change this value, so discriminative ratios and the schedule stay."""
+        if self._compiled is None:
+            raise NotCompiledError("base_lr is set by compile(lr=...); call ft.compile() first")
+        return self._compiled.lr
+
+    @base_lr.setter
+    def base_lr(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise ConfigError(f"base_lr={value!r} is invalid; expected a finite float > 0, e.g. 1e-4")
+        if self._compiled is None:
+            raise NotCompiledError("base_lr is set by compile(lr=...); call ft.compile() first")
+        self._compiled.lr = float(value)
+        if self._run is not None:
+            self._run.ctx.base_lr = float(value)
+
     # -------------------------------------------------------------------------------------- compile
     def compile(
         self,
@@ -150,10 +183,14 @@ class FineTuner:
         schedule: Any = "one_cycle",
         label_smoothing: float = 0.0,
         schedule_kwargs: Mapping[str, Any] | None = None,
+        on_nonfinite: str = "raise",
     ) -> FineTuner:
         """Choose optimizer, LR, loss, metrics and LR schedule. Every layer group enters the optimizer
         now, frozen or not, so nothing is added mid-run (DESIGN decision 2). ``lr=2e-3`` with one-cycle
-        is measured in benchmarks/strategies.py (docs/strategies.md): it beat 1e-3 and 3e-3."""
+        is measured in benchmarks/strategies.py (docs/strategies.md): it beat 1e-3 and 3e-3.
+        ``on_nonfinite``: what a NaN or infinite loss does, "raise", "skip" or "stop" (see
+        finetunekit.nonfinite)."""
+        nonfinite.check_policy(on_nonfinite)
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
             raise ConfigError(f"lr={lr!r} is invalid; expected a float > 0, e.g. 1e-3")
         if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or weight_decay < 0:
@@ -173,10 +210,12 @@ class FineTuner:
             metrics=check_metrics(metrics),
             schedule=schedule,
             schedule_kwargs=dict(schedule_kwargs or {}),
+            on_nonfinite=on_nonfinite,
         )
         return self
 
     # ------------------------------------------------------------------------------------------ fit
+    @guard  # [distributed] one rank failing stops all, naming the cause
     def fit(
         self,
         x: Any = None,
@@ -190,12 +229,18 @@ class FineTuner:
         shuffle: bool = True,
         initial_epoch: int = 0,
         augment: bool = True,
+        deterministic: bool = False,
     ) -> History:
         """Train for ``epochs`` epochs (Keras semantics) and return the History.
 
-        Event order: on_train_begin; per epoch: plan applied (requires_grad, BN modes), on_epoch_begin,
-        per batch on_train_batch_begin / LR write / step / on_train_batch_end, then validation
-        (on_test_begin/end) and on_epoch_end(logs with val_ keys); finally on_train_end.
+        Event order: a BackupAndRestore in ``callbacks`` first restores an interrupted run (model,
+        optimizer, callback states, loop position, RNG states); on_train_begin; per epoch: plan applied
+        (requires_grad, BN modes), on_epoch_begin (not for an epoch resumed in its middle), per batch
+        on_train_batch_begin / LR write / step (not applied when the loss is non-finite) /
+        on_train_batch_end, then validation (on_test_begin/end) and on_epoch_end(logs with val_ keys);
+        finally on_train_end. Checkpointing callbacks run after all others in each hook, so they save
+        what the other callbacks did. ``deterministic=True`` turns on torch's deterministic algorithms
+        for this fit and restores the previous setting afterwards.
         """
         verbose = check_fit_args(batch_size, epochs, initial_epoch, validation_split, verbose)
         if self._compiled is None:
@@ -204,37 +249,87 @@ class FineTuner:
         if self.seed is not None:
             seed_everything(self.seed)
         train, val = self._fit_data(x, y, validation_split, validation_data, augment)
-        loader = make_loader(train, batch_size=batch_size, shuffle=shuffle, seed=self.seed)
-        val_loader = make_loader(val, batch_size=batch_size, shuffle=False, seed=None) if val else None
+        dist = run_for(self)  # [distributed] DDP / sharding when launched by torchrun; else pass-through
+        loader = dist.train_loader(train, batch_size, shuffle, self.seed)
+        val_loader = dist.eval_loader(val, batch_size) if val else None
+        preflight.check_same_classes(train, val)
+        preflight.check_has_batches(loader)
+        preflight.probe_forward(self.model, train, self.device, self.num_classes, self.spec)
+        dist.seed_ranks(self.seed)
         steps = _num_batches(loader)
         cbs = CallbackList(
-            list(callbacks or []), tuner=self, add_history=True, add_progbar=verbose != 0,
-            verbose=verbose, epochs=epochs, steps=steps,
+            [*(callbacks or []), *dist.callbacks()], tuner=self, add_history=True,
+            add_progbar=verbose != 0, verbose=verbose, epochs=epochs, steps=steps,
         )  # fmt: skip
         restarts = self.strategy.schedule_restarts(len(self._backbone.groups))
-        ctx = None
+        self._run = FitRun(None, cbs, loader, epochs, steps, restarts, dist)
+        self._use_schedule_phase(initial_epoch)
         self._planned_epochs = epochs
         self.stop_training = False
-        logs: dict[str, float] = {}
-        cbs.on_train_begin()
-        for epoch in range(initial_epoch, epochs):
-            start, end = schedule_phase(restarts, epochs, epoch)
-            if ctx is None or ctx.first_epoch != start:  # a new schedule cycle (LPFT's fine-tuning)
-                ctx = self._train_context(steps, end - start, first_epoch=start)
-            plan = self._apply_plan(epoch)
-            cbs.on_epoch_begin(epoch)
-            logs = loop.train_epoch(ctx, loader, epoch, plan, cbs, self)
-            if val_loader is not None:
-                val_logs = loop.evaluate_loader(
-                    self.model, val_loader, ctx.loss_fn, ctx.metrics, self.device, cbs
-                )
-                logs.update({f"val_{k}": v for k, v in val_logs.items()})
-            cbs.on_epoch_end(epoch, logs)
-            if self.stop_training:
-                break
-        cbs.on_train_end(logs)
+        try:
+            with deterministic_mode(deterministic):
+                self._fit_epochs(self._run, val_loader, initial_epoch)
+        finally:
+            self._run = None
         self.history = cbs.history
         return cbs.history
+
+    def _fit_epochs(self, run: FitRun, val_loader: Any, initial_epoch: int) -> None:
+        point = self._resume_point(run, initial_epoch)
+        run.callbacks.on_train_begin()
+        logs: dict[str, float] = {}
+        for epoch in range(point.epoch, run.epochs):
+            self._use_schedule_phase(epoch)
+            logs = self._fit_epoch(run, val_loader, epoch, point if epoch == point.epoch else None)
+            if self.stop_training:
+                break
+        run.callbacks.on_train_end(logs)
+        run.dist.release()  # [distributed] free DDP's gradient buckets (a copy of every trainable gradient)
+
+    def _use_schedule_phase(self, epoch: int) -> None:
+        """Make ``self._run.ctx`` the TrainContext of the schedule cycle ``epoch`` belongs to: a strategy
+        may restart the schedule (LPFT's fine-tuning phase). The non-finite policy and skip count of the
+        previous cycle carry over (TerminateOnNaN sets the policy once per fit)."""
+        run = self._run
+        assert run is not None
+        start, end = schedule_phase(run.restarts, run.epochs, epoch)
+        old = run.ctx
+        if old is not None and old.first_epoch == start:
+            return
+        run.ctx = self._train_context(run.steps, end - start, first_epoch=start)
+        if old is not None:
+            run.ctx.nonfinite, run.ctx.skipped = old.nonfinite, old.skipped
+
+    def _resume_point(self, run: FitRun, initial_epoch: int) -> ResumePoint:
+        """An interrupted run's position when a BackupAndRestore holds one, else ``initial_epoch``."""
+        for cb in run.callbacks:
+            restore = getattr(cb, "restore_fit", None)
+            point = restore() if restore is not None else None
+            if point is not None:
+                return point
+        return ResumePoint(initial_epoch, 0)
+
+    def _fit_epoch(
+        self, run: FitRun, val_loader: Any, epoch: int, point: ResumePoint | None
+    ) -> dict[str, float]:
+        ctx, cbs, dist = run.ctx, run.callbacks, run.dist
+        plan = self._apply_plan(epoch)
+        dist.bind_model(ctx, self.model)  # [distributed] DDP over the trainable set; rebuilt on change
+        dist.set_epoch(run.loader, epoch)
+        start = point.step if point is not None else 0
+        if start == 0:
+            cbs.on_epoch_begin(epoch)
+            ctx.epoch_start = epoch_start_snapshot(run.loader)
+        batches = point.batches if point is not None and start else run.loader
+        logs = loop.train_epoch(ctx, batches, epoch, plan, cbs, self, start)
+        dist.end_epoch(self.model)  # [distributed] rank 0's BN statistics everywhere
+        if val_loader is not None:
+            val_logs = loop.evaluate_loader(
+                self.model, val_loader, ctx.loss_fn, ctx.metrics, self.device, cbs, sync_metrics=dist.active
+            )
+            logs.update({f"val_{k}": v for k, v in val_logs.items()})
+        cbs.on_epoch_end(epoch, logs)
+        return logs
 
     def _fit_data(
         self, x: Any, y: Any, validation_split: float, validation_data: Any, augment: bool
@@ -245,8 +340,8 @@ class FineTuner:
         if validation_data is not None:
             vx, vy = validation_data if isinstance(validation_data, tuple) else (validation_data, None)
             return train, self._prepare(vx, vy, augment=False, what="validation_data")
-        if validation_split:
-            return split_validation(train, validation_split, self.seed)
+        if validation_split:  # [distributed] every rank must split alike, seed or not
+            return split_validation(train, validation_split, run_for(self).shared_seed(self.seed))
         return train, None
 
     def _prepare(
@@ -270,6 +365,7 @@ class FineTuner:
             schedule=get_schedule(cfg.schedule, total, **cfg.schedule_kwargs), base_lr=cfg.lr,
             metrics=cfg.metrics, device=self.device, steps_per_epoch=steps, total_steps=total,
             train_bn=self.strategy.train_bn, norms_by_group=self._norms_by_group, first_epoch=first_epoch,
+            nonfinite=cfg.on_nonfinite,
         )  # fmt: skip
 
     def plan(self, epoch: int) -> Plan:
@@ -286,6 +382,7 @@ class FineTuner:
         return plan
 
     # ---------------------------------------------------------------------------- evaluate/predict
+    @guard  # [distributed]
     def evaluate(self, x: Any = None, y: Any = None, batch_size: int = 32, verbose: int = 0,
                  callbacks: Sequence[Callback] | None = None) -> dict[str, float]:  # fmt: skip
         """Loss and metrics on labelled data, as Python floats."""
@@ -294,27 +391,40 @@ class FineTuner:
             self.compile()
         assert self._compiled is not None
         data = self._prepare(x, y, augment=False, what="x")
-        loader = make_loader(data, batch_size=batch_size, shuffle=False, seed=None)
+        dist = run_for(self)  # [distributed] each rank evaluates its shard; sums are all-reduced
+        loader = dist.eval_loader(data, batch_size)
         cbs = CallbackList(list(callbacks or []), tuner=self)
         return loop.evaluate_loader(
-            self.model, loader, self._compiled.loss_fn, self._compiled.metrics, self.device, cbs
-        )
+            self.model, loader, self._compiled.loss_fn, self._compiled.metrics, self.device, cbs,
+            sync_metrics=dist.active,
+        )  # fmt: skip
 
+    @guard  # [distributed]
     def predict(self, x: Any, batch_size: int = 32, verbose: int = 0,
                 callbacks: Sequence[Callback] | None = None) -> np.ndarray:  # fmt: skip
         """Class probabilities, shape (N, num_classes), in input order."""
         check_positive_int("batch_size", batch_size)
         data = self._prepare(x, None, augment=False, what="x", require_labels=False)
-        loader = make_loader(data, batch_size=batch_size, shuffle=False, seed=None)
+        dist = run_for(self)  # [distributed] each rank predicts its shard; gathered in input order
+        loader = dist.eval_loader(data, batch_size)
         probs = loop.predict_loader(
             self.model, loader, self.device, CallbackList(list(callbacks or []), tuner=self)
         )
-        return probs.reshape(-1, self.num_classes)
+        return dist.gather_rows(probs.reshape(-1, self.num_classes), data)
 
     # ------------------------------------------------------------------------------------ save/load
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write ``path/model.safetensors`` and ``path/config.json`` atomically; no pickle."""
-        config = {
+        """Write ``path/model.safetensors`` and ``path/config.json`` atomically; no pickle.
+
+        Under DDP call it on every rank: rank 0 writes, the others wait until the files are complete
+        (and raise if rank 0 could not write), so a ``load`` right after sees them."""
+        config = self._model_config()
+        write = lambda: saving.save_model_folder(path, self.model.state_dict(), config)  # noqa: E731
+        run_for(self).run_on_main(write, "save")  # [distributed] rank 0 writes, every rank waits
+
+    def _model_config(self) -> dict[str, Any]:
+        """What ``save`` writes next to the weights, and what a resume compares."""
+        return {
             "backbone": self._backbone.build_kwargs,
             "spec": self.spec,
             "num_classes": self.num_classes,
@@ -323,24 +433,25 @@ class FineTuner:
             "class_names": self.class_names,
             "strategy": self.strategy.config(),
         }
-        saving.save_model_folder(path, self.model.state_dict(), config)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, device: str | torch.device = "auto",
-             model: nn.Module | None = None) -> FineTuner:  # fmt: skip
+             model: nn.Module | None = None, distributed: bool | None = None) -> FineTuner:  # fmt: skip
         """Rebuild a saved FineTuner without network. ``model=`` supplies the module for custom backbones."""
         state, config = saving.load_model_folder(path)
         num_classes = int(config["num_classes"])
         if model is not None:
-            head = config["backbone"].get("head")
+            head, groups = config["backbone"].get("head"), config["backbone"].get("groups")
             built = build_backbone(
-                model, num_classes, pretrained=False, in_chans=int(config["in_chans"]), head=head
-            )
+                model, num_classes, pretrained=False, in_chans=int(config["in_chans"]), head=head,
+                groups=groups,
+            )  # fmt: skip
         else:
             built = rebuild_backbone(config["backbone"], num_classes)
         built.data_config = DataConfig.from_dict(config["data_config"])
         self = cls.__new__(cls)
         self.seed = None
+        self.distributed, self.sync_bn = distributed, False  # [distributed]
         self.device = resolve_device(device)
         self.strategy = resolve_strategy(None)
         self._init_from_backbone(built, num_classes, int(config["in_chans"]), config.get("class_names"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -48,7 +49,11 @@ def check_fit_args(
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """ "auto" picks CUDA, then Apple MPS, then CPU."""
+    """ "auto" picks CUDA, then Apple MPS, then CPU. Under torchrun, "auto" and "cuda" mean this
+    process's own GPU, ``cuda:LOCAL_RANK`` (finetunekit.distributed)."""
+    if device in ("auto", "cuda") and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        local = int(os.environ["LOCAL_RANK"])  # [distributed]
+        return torch.device(f"cuda:{local}" if local < torch.cuda.device_count() else "cuda")
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -18,6 +18,7 @@ from torch import nn
 
 from ..errors import BackboneNotFoundError, ConfigError
 from .base import Backbone, DataConfig, LayerGroup, check_groups
+from .user_groups import GroupEntry, groups_from_spec
 
 __all__ = [
     "Backbone",
@@ -98,13 +99,33 @@ def build_backbone(
     in_chans: int = 3,
     image_size: int | tuple[int, int] | None = None,
     head: str | None = None,
+    groups: Sequence[GroupEntry] | None = None,
 ) -> Backbone:
     """A :class:`Backbone` with a fresh ``num_classes`` head.
 
     ``weights`` (a local file or state dict) take precedence over ``pretrained``: nothing is
     downloaded when they are given. ``head`` only applies to ``nn.Module`` specs, whose own
-    weights are kept (``pretrained`` is ignored for them).
+    weights are kept (``pretrained`` is ignored for them). ``groups`` replaces the automatic layer
+    groups for any backbone: one attribute path or glob per group, input -> head (see
+    :func:`.user_groups.groups_from_spec`).
     """
+    backbone = _build(spec, num_classes, pretrained, weights, in_chans, image_size, head)
+    if groups is not None:
+        backbone.groups = groups_from_spec(backbone.model, groups, backbone.groups[-1].param_names)
+        check_groups(backbone.model, backbone.groups)
+        backbone.build_kwargs["groups"] = [g if isinstance(g, str) else list(g) for g in groups]
+    return backbone
+
+
+def _build(
+    spec: str | nn.Module,
+    num_classes: int,
+    pretrained: bool,
+    weights: str | os.PathLike[str] | Mapping[str, torch.Tensor] | None,
+    in_chans: int,
+    image_size: int | tuple[int, int] | None,
+    head: str | None,
+) -> Backbone:
     _check_args(num_classes, in_chans, image_size)
     if isinstance(image_size, list):
         image_size = (image_size[0], image_size[1])
@@ -187,6 +208,7 @@ def rebuild_backbone(build_kwargs: dict, num_classes: int) -> Backbone:
         pretrained=False,
         in_chans=int(build_kwargs.get("in_chans", 3)),
         image_size=(int(size[0]), int(size[1])) if size is not None else None,
+        groups=build_kwargs.get("groups"),
     )
 
 

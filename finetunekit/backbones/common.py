@@ -56,6 +56,20 @@ def fresh_linear(old: nn.Linear, num_classes: int) -> nn.Linear:
     )
 
 
+def fresh_head(old: nn.Module, num_classes: int) -> nn.Module:
+    """A new classifier like ``old`` (an ``nn.Linear``, or a 1x1 ``nn.Conv2d`` as in SqueezeNet)."""
+    if isinstance(old, nn.Conv2d):
+        return nn.Conv2d(
+            old.in_channels,
+            num_classes,
+            kernel_size=old.kernel_size,  # type: ignore[arg-type]
+            bias=old.bias is not None,
+            device=old.weight.device,
+            dtype=old.weight.dtype,
+        )
+    return fresh_linear(old, num_classes)  # type: ignore[arg-type]
+
+
 def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d] | None:
     """The stem convolution: the first ``nn.Conv2d`` in module order."""
     for name, module in model.named_modules():

@@ -14,7 +14,7 @@ from .base import Backbone, check_groups
 from .common import (
     adapt_stem,
     first_conv,
-    fresh_linear,
+    fresh_head,
     make_data_config,
     no_weight_decay_names,
     param_names_under,
@@ -22,6 +22,7 @@ from .common import (
     state_keys_under,
 )
 from .grouping import finalize_groups, groups_from_matcher, top_level_groups
+from .torchvision_families import remove_aux_heads
 from .weights import WeightsSource, load_weights
 
 
@@ -42,10 +43,16 @@ def _head_error(model: nn.Module, problem: str) -> HeadNotFoundError:
     candidates = linears or _leaves_with_params(model)[-5:]
     kind = "nn.Linear layers" if linears else "no nn.Linear; last layers with parameters"
     return HeadNotFoundError(
-        f"{type(model).__name__}: {problem}. Expected head= to name the nn.Linear classifier by "
-        f"attribute path. Candidates ({kind}): {candidates}. Fix: pass head='<one of these>'"
-        f"{'' if linears else ' after giving the model an nn.Linear classifier'}."
+        f"{type(model).__name__}: {problem}. Expected head= to name the classifier (an nn.Linear, or "
+        f"a 1x1 nn.Conv2d as in SqueezeNet) by attribute path. Candidates ({kind}): {candidates}. "
+        f"Fix: pass head='<one of these>'"
+        f"{'' if linears else ' if it is a 1x1 conv classifier, else give the model an nn.Linear one'}."
     )
+
+
+def _is_conv_head(module: nn.Module) -> bool:
+    """A 1x1 convolution used as classifier (SqueezeNet); only accepted when named by ``head=``."""
+    return isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1)
 
 
 def find_head(model: nn.Module, head: str | None) -> str:
@@ -60,8 +67,10 @@ def find_head(model: nn.Module, head: str | None) -> str:
             module = model.get_submodule(head)
         except AttributeError:
             raise _head_error(model, f"head={head!r} is not a submodule") from None
-        if not isinstance(module, nn.Linear):
-            raise _head_error(model, f"head={head!r} is a {type(module).__name__}, not an nn.Linear")
+        if not isinstance(module, nn.Linear) and not _is_conv_head(module):
+            raise _head_error(
+                model, f"head={head!r} is a {type(module).__name__}, not an nn.Linear (or a 1x1 nn.Conv2d)"
+            )
         return head
     linears = _linear_names(model)
     if not linears:
@@ -97,6 +106,7 @@ def build_module(
     image_size: int | tuple[int, int] | None,
 ) -> Backbone:
     """Use ``model`` as it is (its own weights), with a fresh ``num_classes`` classifier."""
+    aux = remove_aux_heads(model)  # GoogLeNet / Inception v3 instances: one logits tensor, always
     head_path = find_head(model, head)
     stem = first_conv(model)
     if in_chans != 3:
@@ -104,9 +114,9 @@ def build_module(
     elif stem is not None:  # default: take the module as built (a 1-channel net stays 1-channel)
         in_chans = stem[1].in_channels
     if weights is not None:
-        load_weights(model, weights, state_keys_under(model, head_path), f"module/{type(model).__name__}")
-    old = model.get_submodule(head_path)
-    set_submodule(model, head_path, fresh_linear(old, num_classes))  # type: ignore[arg-type]
+        skip = state_keys_under(model, head_path) + aux
+        load_weights(model, weights, skip, f"module/{type(model).__name__}")
+    set_submodule(model, head_path, fresh_head(model.get_submodule(head_path), num_classes))
     groups = finalize_groups(_groups(model), param_names_under(model, head_path))
     check_groups(model, groups)
     cfg = getattr(model, "pretrained_cfg", None)

@@ -49,7 +49,7 @@ def _group_label(params: list[str], matcher: Matcher) -> str:
     ``stages.0``), which is the module path a user sees in ``print(model)``.
     """
     if not isinstance(matcher, Mapping):
-        return common_module_prefix(params) or "group"
+        return _span_label(params)
     rules = _compiled(matcher)
     for name in params:
         for key, rx, suffix in rules:
@@ -59,7 +59,17 @@ def _group_label(params: list[str], matcher: Matcher) -> str:
             if suffix is not None:
                 break  # merged into a previous group: does not name this one
             return m.group(0).rstrip(".") if any(g is not None for g in m.groups()) else key
-    return common_module_prefix(params) or "group"
+    return _span_label(params)
+
+
+def _span_label(params: list[str]) -> str:
+    """A name for a group no rule names: the module path its params share, else the first and last
+    top-level modules it spans (``Conv2d_1a_3x3..Conv2d_4a_3x3`` for Inception v3's stem)."""
+    prefix = common_module_prefix(params)
+    if prefix:
+        return prefix
+    first, last = params[0].split(".")[0], params[-1].split(".")[0]
+    return first if first == last else f"{first}..{last}"
 
 
 def common_module_prefix(param_names: list[str]) -> str:
@@ -84,20 +94,42 @@ def _unique(labels: list[str]) -> list[str]:
     return out
 
 
+_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)
+
+
+def _stage_containers(model: nn.Module) -> set[str]:
+    """Top-level ``Sequential`` / ``ModuleList`` children that hold stages: at least two elements
+    with parameters, each a composite module (a ``stages`` list of blocks, not a ``Conv, BN, ReLU``
+    stem), so each element becomes its own group."""
+    out = set()
+    for name, child in model.named_children():
+        if not isinstance(child, (nn.Sequential, nn.ModuleList)):
+            continue
+        holders = [m for m in child.children() if any(True for _ in m.parameters())]
+        if len(holders) >= 2 and all(any(True for _ in m.children()) for m in holders):
+            out.add(name)
+    return out
+
+
 def top_level_groups(model: nn.Module) -> list[LayerGroup]:
-    """Generic fallback: one group per top-level child, in registration order.
+    """Generic fallback: one group per top-level child, in registration order; a child that is a
+    list of stages (see :func:`_stage_containers`) gives one group per stage.
 
     Children without parameters (pooling, activations) vanish; parameters owned by the root module
     itself (a ``cls_token``) join the group that follows them, since they feed the first layers.
     """
     groups: list[LayerGroup] = []
     pending: list[str] = []
+    split = _stage_containers(model)
+    norms = {n for n, c in model.named_children() if isinstance(c, _NORMS)}
     for name, _ in model.named_parameters():
-        child, dot, _ = name.partition(".")
+        child, dot, rest = name.partition(".")
+        if dot and child in split:
+            child = f"{child}.{rest.partition('.')[0]}"
         if not dot:
             pending.append(name)
-        elif groups and groups[-1].name == child:
-            groups[-1].param_names.append(name)
+        elif groups and (groups[-1].name == child or child in norms):
+            groups[-1].param_names.append(name)  # a lone final norm belongs to the last stage
         else:
             groups.append(LayerGroup(child, [*pending, name]))
             pending = []

@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import PretrainedWeightsUnavailableError
+from ..errors import ConfigError, PretrainedWeightsUnavailableError
 from .base import Backbone, check_groups
 from .common import (
     make_data_config,
@@ -21,7 +21,7 @@ from .common import (
     state_keys_under,
     to_hw,
 )
-from .grouping import finalize_groups, groups_from_matcher, top_level_groups
+from .grouping import MATCH_PREV, finalize_groups, groups_from_matcher, top_level_groups
 from .weights import WeightsSource, load_weights
 
 
@@ -37,7 +37,14 @@ def all_names() -> list[str]:
     return list(timm.list_models())
 
 
-def _fixed_input_size(name: str) -> bool:
+def families() -> dict[str, list[str]]:
+    """timm's architecture families (the module a model is defined in) and their model names."""
+    import timm
+
+    return {module: list(timm.list_models(module=module)) for module in timm.list_modules()}
+
+
+def fixed_input_size(name: str) -> bool:
     """ViT-like models bake the input size into position embeddings; others take any size."""
     from timm.models import get_pretrained_cfg
 
@@ -61,6 +68,35 @@ def _create(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
         ) from e
 
 
+def _create_sized(
+    name: str, pretrained: bool, kwargs: dict[str, Any], image_size: int | tuple[int, int] | None
+) -> nn.Module:
+    """Create with ``img_size=image_size`` where the model takes it, so models that bake the size
+    into position embeddings, windows or attention biases (ViT, Swin, LeViT, MaxViT...) run at it.
+
+    Models without an ``img_size`` argument take any input size (CNNs), unless their config says
+    the size is fixed: then ``image_size`` cannot be honoured and we say so.
+    """
+    if image_size is None:
+        return _create(name, pretrained, kwargs)
+    try:
+        return _create(name, pretrained, {**kwargs, "img_size": to_hw(image_size)})
+    except TypeError as e:
+        if "img_size" not in str(e):
+            raise
+    if fixed_input_size(name):
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(name, allow_unregistered=True)
+        native = tuple(getattr(cfg, "input_size", (3, 224, 224)))[-2:]
+        raise ConfigError(
+            f"image_size={image_size!r} for timm/{name}: this model only runs at its native input size "
+            f"{native} and takes no img_size argument. Fix: image_size=None (inputs are resized to "
+            f"{native}), or pick a model of the family that supports other sizes."
+        )
+    return _create(name, pretrained, kwargs)
+
+
 def head_paths(model: nn.Module) -> list[str]:
     """Attribute paths of timm's classifier(s); distilled models (DeiT) have two."""
     heads = model.get_classifier()  # type: ignore[operator]
@@ -68,11 +104,41 @@ def head_paths(model: nn.Module) -> list[str]:
     return [module_path(model, h) for h in heads]
 
 
+def _efficientvim_matcher(model: nn.Module) -> dict[str, Any]:
+    """EfficientViM normalizes each stage's output for the heads (``norm.i`` after ``stages.i``);
+    timm leaves all of them with the classifier, which puts ``norm.0`` after ``stages.2``."""
+    n = len(model.stages)  # type: ignore[arg-type]
+    first = "|".join(str(i) for i in range(n))
+    return {
+        "stem": r"^patch_embed",
+        "blocks": [
+            (r"^stages\.(\d+)", None),
+            (rf"^norm\.({first})\.", None),
+            (r"^norm\.", (MATCH_PREV,)),
+        ],
+    }
+
+
+MATCHER_FIXES = {"EfficientViM": _efficientvim_matcher}
+
+
+def timm_matcher(model: nn.Module) -> Any:
+    """``group_matcher(coarse=True)``, fine-grained where timm has no coarse one (RDNet), fixed
+    where its grouping runs against the forward pass (see MATCHER_FIXES)."""
+    fix = next((MATCHER_FIXES[c.__name__] for c in type(model).__mro__ if c.__name__ in MATCHER_FIXES), None)
+    if fix is not None:  # by class name, subclasses included (EfficientViM's distilled variant)
+        return fix(model)
+    try:
+        return model.group_matcher(coarse=True)  # type: ignore[operator]
+    except AssertionError:  # "coarse grouping is not implemented"
+        return model.group_matcher(coarse=False)  # type: ignore[operator]
+
+
 def timm_groups(model: nn.Module, paths: list[str]) -> list:
     """timm's coarse stage groups, with exactly the classifier's params last."""
     head = [n for p in paths for n in param_names_under(model, p)]
     try:
-        raw = groups_from_matcher(model, model.group_matcher(coarse=True))  # type: ignore[operator]
+        raw = groups_from_matcher(model, timm_matcher(model))
     except (AttributeError, NotImplementedError):
         raw = top_level_groups(model)
     return finalize_groups(raw, head)
@@ -91,10 +157,8 @@ def build_timm(
     from timm.data import resolve_model_data_config
 
     kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans}
-    if image_size is not None and _fixed_input_size(name):
-        kwargs["img_size"] = to_hw(image_size)
     use_registry = pretrained and weights is None
-    model = _create(name, use_registry, kwargs)
+    model = _create_sized(name, use_registry, kwargs, image_size)
     if weights is not None:
         head_keys = [k for p in head_paths(model) for k in state_keys_under(model, p)]
         load_weights(model, weights, head_keys, f"timm/{name}")

@@ -76,17 +76,17 @@ def strip_prefixes(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def _stem_fits(key: str, want: Tensor, got: Tensor, stem_key: str | None) -> bool:
+def _stem_fits(key: str, want: Tensor, got: Tensor, stem_key: frozenset[str]) -> bool:
     """A stem conv that differs only in input channels can be adapted (timm ``adapt_input_conv``)."""
     return (
-        key == stem_key
+        key in stem_key
         and want.ndim == got.ndim == 4
         and want.shape[0] == got.shape[0]
         and want.shape[2:] == got.shape[2:]
     )
 
 
-def _fit(key: str, want: Tensor, got: Tensor, stem_key: str | None) -> Tensor | None:
+def _fit(key: str, want: Tensor, got: Tensor, stem_key: frozenset[str]) -> Tensor | None:
     if want.shape == got.shape:
         return got
     if _stem_fits(key, want, got, stem_key):
@@ -97,7 +97,7 @@ def _fit(key: str, want: Tensor, got: Tensor, stem_key: str | None) -> Tensor | 
 
 
 def _by_key(
-    body: dict[str, Tensor], head: set[str], src: dict[str, Tensor], stem: str | None
+    body: dict[str, Tensor], head: set[str], src: dict[str, Tensor], stem: frozenset[str]
 ) -> tuple[dict[str, Tensor], list[str]]:
     mapped: dict[str, Tensor] = {}
     problems: list[str] = []
@@ -116,7 +116,7 @@ def _by_key(
 
 
 def _by_position(
-    target: dict[str, Tensor], head: set[str], src: dict[str, Tensor], stem: str | None
+    target: dict[str, Tensor], head: set[str], src: dict[str, Tensor], stem: frozenset[str]
 ) -> tuple[dict[str, Tensor], list[str]]:
     body_keys = [k for k in target if k not in head]
     items = list(src.items())
@@ -139,13 +139,28 @@ def _by_position(
     return mapped, problems
 
 
+def stem_keys(model: nn.Module) -> frozenset[str]:
+    """Weights of the input convolution(s): timm's ``pretrained_cfg["first_conv"]`` (CrossViT has two)
+    and the first ``nn.Conv2d`` in module order (not state-dict order, which can put a 4-D position
+    embedding first, as in SAM2's Hiera)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    first = cfg.get("first_conv") if isinstance(cfg, dict) else None
+    names = [first] if isinstance(first, str) else list(first or [])
+    names += [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)][:1]
+    return frozenset(f"{n}.weight" for n in names)
+
+
 def load_weights(model: nn.Module, source: WeightsSource, head_keys: list[str], spec: str) -> int:
-    """Load ``source`` into ``model`` except the classifier (``head_keys``); return tensors loaded."""
+    """Load ``source`` into ``model`` except the classifier (``head_keys``); return tensors loaded.
+
+    ``head_keys`` may also name tensors the model no longer has (removed aux heads): a checkpoint's
+    copies of them are skipped rather than reported as unexpected.
+    """
     src, label = read_state_dict(source)
     target = model.state_dict()
     head = set(head_keys)
     body = {k: v for k, v in target.items() if k not in head}
-    stem = next((k for k, v in body.items() if v.ndim == 4), None)
+    stem = stem_keys(model)
     attempts = [("by key", src), ("by key after stripping prefixes", strip_prefixes(src))]
     key_problems: list[str] = []
     for how, candidate in attempts:

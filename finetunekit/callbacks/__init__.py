@@ -5,17 +5,28 @@ Strategies change how a model trains; callbacks watch it (decision 3). A callbac
 ``self.tuner.stop_training = True`` stops after the current epoch. Logs are Python floats.
 """
 
+from finetunekit.callbacks.backup import BackupAndRestore
 from finetunekit.callbacks.base import Callback, CallbackList
+from finetunekit.callbacks.csv_logger import CSVLogger
 from finetunekit.callbacks.early_stopping import EarlyStopping
 from finetunekit.callbacks.history import History
 from finetunekit.callbacks.lambda_callback import LambdaCallback
+from finetunekit.callbacks.lr_callbacks import LearningRateScheduler, ReduceLROnPlateau
+from finetunekit.callbacks.model_checkpoint import ModelCheckpoint
 from finetunekit.callbacks.progbar import ProgbarLogger
+from finetunekit.callbacks.terminate_on_nan import TerminateOnNaN
 
 __all__ = [
+    "BackupAndRestore",
+    "CSVLogger",
     "Callback",
     "CallbackList",
     "EarlyStopping",
     "History",
     "LambdaCallback",
+    "LearningRateScheduler",
+    "ModelCheckpoint",
     "ProgbarLogger",
+    "ReduceLROnPlateau",
+    "TerminateOnNaN",
 ]

@@ -188,6 +188,9 @@ class CallbackList(Callback):
         if self._progbar is None and add_progbar:
             self._progbar = ProgbarLogger()
             self.callbacks.append(self._progbar)
+        # Checkpointing callbacks (``runs_last = True``) go after all others, History included, so the
+        # state they save already holds every other callback's update for that batch or epoch.
+        self.callbacks.sort(key=lambda cb: bool(getattr(cb, "runs_last", False)))
 
     @property
     def history(self) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from finetunekit.callbacks.base import Callback, Logs
@@ -20,10 +21,22 @@ class History(Callback):
         super().__init__()
         self.history: dict[str, list[Any]] = {}
         self.epoch: list[int] = []
+        self._state_loaded = False
 
     def on_train_begin(self, logs: Logs | None = None) -> None:
+        if self._state_loaded:  # resumed by BackupAndRestore: keep the epochs before the interruption
+            self._state_loaded = False
+            return
         self.history = {}
         self.epoch = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history, "epoch": self.epoch}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.history = {k: list(v) for k, v in dict(state.get("history", {})).items()}
+        self.epoch = [int(e) for e in state.get("epoch", [])]
+        self._state_loaded = True
 
     def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
         self.epoch.append(epoch)

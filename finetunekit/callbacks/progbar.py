@@ -56,6 +56,10 @@ class ProgbarLogger(Callback):
 
     @property
     def verbose(self) -> int:
+        from finetunekit.distributed import is_main_process
+
+        if not is_main_process():  # [distributed] one progress bar per job, on rank 0
+            return 0
         return int(self.params.get("verbose", 1) or 0)
 
     def _epoch_label(self, epoch: int) -> str:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from finetunekit.data.datasets import ArrayImageDataset, PreprocessedDataset, TransformedDataset
+from finetunekit.data.normcheck import warn_if_misnormalized
 from finetunekit.data.transforms import ImageTransform, adapt_channels
 from finetunekit.errors import DataError
 
@@ -106,6 +107,8 @@ def _float_dataset(
             UserWarning,
             stacklevel=4,
         )
+    else:
+        warn_if_misnormalized(images, transform.data_config, transform.in_chans, what)
     return PreprocessedDataset(images, labels, transform)
 
 
@@ -116,6 +119,12 @@ def image_tensor(x: np.ndarray | torch.Tensor, what: str) -> torch.Tensor:
         raise DataError(
             f"{what} has shape {tuple(images.shape)} ({images.ndim}-D); expected a batch of images: uint8 "
             "N×H×W×C / N×H×W, or float N×C×H×W. A single image needs a batch axis: x[None]."
+        )
+    shape = tuple(images.shape)
+    if images.ndim == 3 and shape[-1] in _CHANNEL_COUNTS and shape[1] > 4 * shape[-1]:
+        raise DataError(
+            f"{what} has shape {shape}, which looks like one H×W×C image, not a batch; expected N×H×W×C "
+            "(or N×H×W grayscale). A single image needs a batch axis: x[None]."
         )
     if len(images) == 0:
         raise DataError(f"{what} is empty (shape {tuple(images.shape)}); expected at least one image.")

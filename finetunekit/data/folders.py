@@ -33,6 +33,25 @@ def _class_files(folder: Path) -> list[Path]:
     return sorted(f for f in files if f.is_file())
 
 
+def check_image_files(files: list[Path], what: str) -> None:
+    """Open every file's header (PIL's ``verify``: no pixel decoding), so a corrupt or mislabelled file
+    fails now, naming the file, rather than in the middle of an epoch hours later."""
+    from PIL import Image
+
+    bad: list[str] = []
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except Exception as exc:  # PIL raises many types for broken files
+            bad.append(f"{path} ({type(exc).__name__})")
+    if bad:
+        raise DataError(
+            f"{what} has {len(bad)} image file(s) that cannot be read: {'; '.join(bad[:5])}"
+            f"{' ...' if len(bad) > 5 else ''}. Expected readable images; remove or replace these files."
+        )
+
+
 def scan_folder(root: Path, num_classes: int | None, what: str) -> tuple[list[Path], np.ndarray, list[str]]:
     """(files, int64 labels, class names) of an ImageFolder directory; classes are sorted names."""
     layout = _LAYOUT.format(root=root)
@@ -53,6 +72,7 @@ def scan_folder(root: Path, num_classes: int | None, what: str) -> tuple[list[Pa
             f"{what}={str(root)!r} has class subfolders but no image files "
             f"({', '.join(sorted(IMAGE_EXTENSIONS))}); {layout}."
         )
+    check_image_files(files, what)
     names = [p.name for p in class_dirs]
     if num_classes is not None and len(names) > num_classes:
         raise DataError(

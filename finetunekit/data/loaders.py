@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from finetunekit.data.datasets import ArrayImageDataset, FolderDataset, TransformedDataset
 from finetunekit.data.prepare import PreparedData
@@ -119,12 +119,19 @@ def make_loader(
     seed: int | None,
     drop_last: bool = False,
     num_workers: int | None = None,
+    num_replicas: int = 1,
+    rank: int = 0,
 ) -> DataLoader[Any]:
     """A DataLoader over ``data`` (or the user's own loader, untouched).
 
     Shuffling uses a dedicated generator seeded by ``seed`` (or drawn from torch's global RNG, so
     ``torch.manual_seed`` also makes it reproducible). Worker processes are seeded from that generator,
     so augmentation inside workers is reproducible too; in-process augmentation uses torch's global RNG.
+
+    Shuffling goes through a DistributedSampler, with ``num_replicas=1`` in one process: epoch e is
+    ``randperm(n)`` seeded ``seed + e`` (call ``loader.sampler.set_epoch(e)``; fit does), and rank r of
+    a DDP job takes every ``num_replicas``-th index of that same permutation, so the ranks' batches at
+    step k together are the single-process batch k (finetunekit.distributed).
     """
     if data.loader is not None:
         return data.loader
@@ -135,13 +142,21 @@ def make_loader(
     generator = torch.Generator()
     generator.manual_seed(_loader_seed(seed, shuffle))
     workers = _default_workers(data.dataset, data.num_samples) if num_workers is None else num_workers
+    sampler: DistributedSampler[Any] | None = None
+    if shuffle or num_replicas > 1:  # [distributed] one permutation for 1 or N processes
+        sampler = DistributedSampler(
+            data.dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
+            seed=int(generator.initial_seed()), drop_last=drop_last,
+        )  # fmt: skip
     return DataLoader(
         data.dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        sampler=sampler,
         drop_last=drop_last,
         num_workers=workers,
         generator=generator,
         pin_memory=torch.cuda.is_available(),
-        persistent_workers=workers > 0,
+        # Not persistent: each epoch's workers are seeded from that epoch's draw of ``generator`` (per
+        # worker and epoch), which is what makes augmentation in workers reproducible across a resume.
+        persistent_workers=False,
     )

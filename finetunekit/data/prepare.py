@@ -61,6 +61,11 @@ def prepare_data(
     transform = ImageTransform(data_config, in_chans, augment)
     if isinstance(x, (np.ndarray, torch.Tensor)):
         return _from_arrays(x, y, transform, require_labels, num_classes, what)
+    if isinstance(x, list):
+        raise DataTypeError(
+            f"{what} is a list of {len(x)} items; expected {ACCEPTED}. For a list of equally sized images "
+            "use np.stack(images); for images of different sizes, a folder or a Dataset."
+        )
     _reject_labels(x, y, what)
     if isinstance(x, DataLoader):
         return PreparedData(dataset=None, loader=x, labels=None, class_names=None, num_samples=_loader_len(x))

@@ -101,3 +101,22 @@ def test_timm_model_instance_keeps_timm_groups_and_config() -> None:
     assert bb.head_path == "head" and bb.spec == "module/VisionTransformer"
     assert [g.name for g in bb.groups][:2] == ["stem", "blocks.0"] and bb.groups[-1].name == "head"
     assert bb.data_config.mean == (0.5, 0.5, 0.5)
+
+
+def test_a_list_of_stages_gives_one_group_per_stage_and_a_final_norm_joins_the_last() -> None:
+    """Models without a group_matcher (timm MetaFormer, PiT) still get stage-level groups."""
+
+    def block() -> nn.Sequential:
+        return nn.Sequential(nn.Linear(4, 4), nn.GELU())
+
+    class Staged(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))  # leaves: stays one group
+            self.stages = nn.ModuleList([nn.Sequential(block(), block()), nn.Sequential(block())])
+            self.norm = nn.LayerNorm(4)
+            self.fc = nn.Linear(4, 2)
+
+    bb = build_backbone(Staged(), 2)
+    assert [g.name for g in bb.groups] == ["stem", "stages.0", "stages.1", "head"]
+    assert bb.groups[2].param_names[-2:] == ["norm.weight", "norm.bias"]

@@ -135,3 +135,19 @@ def test_rebuild_of_a_module_points_to_load_model() -> None:
     bb = build_backbone(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)), 2)
     with pytest.raises(ConfigError, match="model="):
         rebuild_backbone(bb.build_kwargs, 2)
+
+
+def test_list_backbones_covers_both_registries_and_is_fast() -> None:
+    import time
+
+    import timm
+    import torchvision
+
+    everything = list_backbones()  # first call pays the imports
+    start = time.perf_counter()
+    again = list_backbones("*")
+    elapsed = time.perf_counter() - start
+    tv = torchvision.models.list_models(module=torchvision.models)
+    assert everything == again and len(everything) == len(timm.list_models()) + len(tv)
+    assert {n.split("/")[0] for n in everything} == {"timm", "torchvision"}
+    assert elapsed < 1.0, f"list_backbones took {elapsed:.2f}s"  # ~0.01 s; generous for a loaded box

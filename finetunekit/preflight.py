@@ -1,0 +1,136 @@
+"""Checks ``fit`` runs after preparing the data and before the first optimizer step.
+
+The data modules check what they can see one array or item at a time. What needs the model or both
+data sets is checked here: that validation folders have the training folders' classes (otherwise label
+3 means another class in each, and validation accuracy is silently wrong), that the loader yields any
+batch at all, and that a few samples of equal size pass through the model (which turns "too small for
+this backbone" or "mixed image sizes", otherwise a shape error deep inside a layer or the collate
+function, into an error naming the input). The probe runs in eval mode, without gradients and with
+every RNG state put back, so it changes neither the weights, BatchNorm statistics nor any random draw.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from finetunekit.data import PreparedData
+from finetunekit.errors import DataError
+
+_PROBE_ITEMS = 3  # the first two and the last sample
+
+
+def check_same_classes(train: PreparedData, val: PreparedData | None) -> None:
+    if val is None or train.class_names is None or val.class_names is None:
+        return
+    if list(train.class_names) != list(val.class_names):
+        only_train = sorted(set(train.class_names) - set(val.class_names))
+        only_val = sorted(set(val.class_names) - set(train.class_names))
+        raise DataError(
+            f"the validation classes {list(val.class_names)[:10]} differ from the training classes "
+            f"{list(train.class_names)[:10]} (only in training: {only_train[:5]}, only in validation: "
+            f"{only_val[:5]}); expected the same class subfolders in both, since a label is a position in "
+            "the sorted class list. Fix: add the missing (possibly empty-named) folders or remove extra ones."
+        )
+
+
+def check_has_batches(loader: Any) -> None:
+    try:
+        n = len(loader)
+    except TypeError:
+        return
+    if n == 0:
+        size = getattr(loader, "batch_size", None)
+        count = (
+            len(loader.dataset) if hasattr(loader, "dataset") and hasattr(loader.dataset, "__len__") else "?"
+        )
+        raise DataError(
+            f"the training DataLoader yields no batches ({count} samples, batch_size={size}, "
+            f"drop_last={getattr(loader, 'drop_last', None)}); expected at least one batch per epoch. Fix: "
+            "use a smaller batch_size, drop_last=False, or more data."
+        )
+
+
+@contextmanager
+def _untouched_rngs() -> Iterator[None]:
+    state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    try:
+        yield
+    finally:
+        random.setstate(state[0])
+        np.random.set_state(state[1])
+        torch.set_rng_state(state[2])
+
+
+def _sample_items(data: PreparedData) -> list[tuple[int, torch.Tensor]]:
+    assert data.dataset is not None and data.num_samples is not None
+    n = data.num_samples
+    indices = sorted({0, min(1, n - 1), n - 1})[:_PROBE_ITEMS]
+    return [(i, data.dataset[i][0]) for i in indices]
+
+
+def _reduction(model: nn.Module) -> int | None:
+    """How much the backbone downsamples (timm's ``feature_info``); None when it does not say."""
+    info = getattr(model, "feature_info", None)
+    try:
+        return max(int(f["reduction"]) for f in info)  # type: ignore[union-attr]
+    except (TypeError, KeyError, ValueError):
+        return None
+
+
+def _check_size(model: nn.Module, shape: tuple[int, ...], spec: str) -> None:
+    """Images smaller than the backbone's downsampling still run (padding makes 1x1 feature maps) but
+    the features are mostly padding: a silent failure worth an error."""
+    reduction = _reduction(model)
+    if reduction is None or len(shape) != 3 or min(shape[1:]) >= reduction:
+        return
+    raise DataError(
+        f"training images of shape {shape} are too small for {spec}, which downsamples by {reduction}; "
+        f"expected at least {reduction}x{reduction} pixels (its weights were made for larger inputs). Fix: "
+        "pass uint8 images to have them resized, or build the FineTuner with a larger image_size."
+    )
+
+
+def probe_forward(
+    model: nn.Module, data: PreparedData, device: torch.device, num_classes: int, spec: str
+) -> None:
+    """Run a few training samples through the model; raise DataError naming the input if that fails."""
+    if data.dataset is None or not data.num_samples:
+        return  # a user's DataLoader: reading from it would consume its first batch
+    with _untouched_rngs():
+        items = _sample_items(data)
+    shapes = {tuple(t.shape) for _, t in items}
+    if len(shapes) > 1:
+        listed = ", ".join(f"item {i}: {tuple(t.shape)}" for i, t in items)
+        raise DataError(
+            f"x yields images of different sizes ({listed}); expected one size for all images, since a "
+            "batch is one tensor. Fix: resize them in your Dataset, or return uint8 images to have "
+            "finetunekit resize them to the model's input size."
+        )
+    _check_size(model, tuple(items[0][1].shape), spec)
+    batch = torch.stack([t for _, t in items]).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), _untouched_rngs():
+            out = model(batch)
+    except (RuntimeError, ValueError, IndexError) as e:
+        raise DataError(
+            f"a forward pass of {spec} on training images of shape {tuple(batch.shape[1:])} failed: "
+            f"{str(e).splitlines()[0][:300]}. Expected images the model can take (too small for its "
+            "downsampling, or the wrong channel count?). Fix: pass uint8 images to have them resized to "
+            "the model's input size, or build the FineTuner with a matching image_size / in_chans."
+        ) from e
+    finally:
+        model.train(was_training)
+    if out.ndim != 2 or out.shape[1] != num_classes:
+        raise DataError(
+            f"{spec} returned outputs of shape {tuple(out.shape)} for {len(batch)} images; expected "
+            f"({len(batch)}, {num_classes}) logits. Check the model's head and num_classes."
+        )
