@@ -26,7 +26,7 @@ def to_tensors(images, labels, size=64):
     return (x - mean) / std, torch.from_numpy(labels)
 
 
-def main(epochs: int = 3, base_lr: float = 1e-3, batch_size: int = 32) -> float:
+def main(epochs: int = 3, base_lr: float = 2e-3, batch_size: int = 32) -> float:
     torch.manual_seed(0)
     x_train, y_train, x_test, y_test = load_digits_images(seed=0, n_train=300)
     train = torch.utils.data.TensorDataset(*to_tensors(x_train, y_train))

@@ -185,7 +185,9 @@ def restore(model: nn.Module, optimizer: torch.optim.Optimizer, snap: _Snapshot)
 
 
 # ------------------------------------------------------------------------------------------ the test
-def _check_args(start_lr: Any, end_lr: Any, num_steps: Any, smooth: Any, suggestion: Any) -> None:
+def _check_args(
+    start_lr: Any, end_lr: Any, num_steps: Any, smooth: Any, diverge: Any, suggestion: Any
+) -> None:
     numbers = isinstance(start_lr, (int, float)) and isinstance(end_lr, (int, float))
     if not numbers or not 0 < start_lr < end_lr:
         raise ConfigError(
@@ -196,6 +198,8 @@ def _check_args(start_lr: Any, end_lr: Any, num_steps: Any, smooth: Any, suggest
         raise ConfigError(f"num_steps={num_steps!r} is invalid; expected an integer >= 5, e.g. 100")
     if not isinstance(smooth, (int, float)) or not 0 <= smooth < 1:
         raise ConfigError(f"smooth={smooth!r} is invalid; expected a float in [0, 1), e.g. 0.98")
+    if isinstance(diverge, bool) or not isinstance(diverge, (int, float)) or not diverge > 1:
+        raise ConfigError(f"diverge={diverge!r} is invalid; expected a float > 1, e.g. 4 (fastai's)")
     if suggestion not in SUGGESTIONS:
         raise ConfigError(f"suggestion={suggestion!r} is unknown; expected one of {list(SUGGESTIONS)}")
 
@@ -219,7 +223,7 @@ def find_lr(
     ``smooth`` is the exponential moving average factor of the loss (bias-corrected, as fastai);
     the sweep stops early once the smoothed loss exceeds ``diverge`` x its best value or is not finite.
     """
-    _check_args(start_lr, end_lr, num_steps, smooth, suggestion)
+    _check_args(start_lr, end_lr, num_steps, smooth, diverge, suggestion)
     if ft._compiled is None:
         ft.compile()
     assert ft.optimizer is not None

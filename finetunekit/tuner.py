@@ -196,7 +196,7 @@ class FineTuner:
     def compile(
         self,
         optimizer: str | Callable[..., torch.optim.Optimizer] = "adamw",
-        lr: float = 1e-3,
+        lr: float = 2e-3,
         weight_decay: float = 0.01,
         loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "cross_entropy",
         metrics: Sequence[str] = ("accuracy",),
@@ -217,8 +217,10 @@ class FineTuner:
         cutmix: float = 0.0,
     ) -> FineTuner:
         """Choose optimizer, LR, loss, metrics and LR schedule. Every layer group enters the optimizer
-        now, frozen or not, so nothing is added mid-run (DESIGN decision 2). ``on_nonfinite``: what a NaN
-        or infinite loss does, "raise", "skip" or "stop" (see finetunekit.nonfinite).
+        now, frozen or not, so nothing is added mid-run (DESIGN decision 2). ``lr=2e-3`` with one-cycle
+        is measured in benchmarks/strategies.py (docs/strategies.md): it beat 1e-3 and 3e-3.
+        ``on_nonfinite``: what a NaN or infinite loss does, "raise", "skip" or "stop" (see
+        finetunekit.nonfinite).
 
         Compute options (docs/performance.md): ``precision`` "32" | "bf16" | "16" (autocast; fp16 adds a
         GradScaler whose skipped steps ``amp_skipped_steps`` counts), ``channels_last``, ``compile_model``

@@ -173,6 +173,7 @@ def test_plot_without_matplotlib_says_how_to_install(monkeypatch):
         ({"num_steps": 1}, "num_steps=1"),
         ({"smooth": 1.0}, "smooth=1.0"),
         ({"suggestion": "best"}, "suggestion='best'"),
+        ({"diverge": 0.5}, "diverge=0.5"),
     ],
 )
 def test_bad_arguments_raise_before_any_step(kwargs, match):

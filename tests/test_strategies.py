@@ -97,8 +97,9 @@ def test_gradual_unfreeze_milestones_before_first_and_beyond_group_count():
 
 
 def test_lpft_restart_is_a_schedule_phase_and_composes():
-    assert LPFT(probe_epochs=3).schedule_restarts(4) == [3]
-    assert LPFT(probe_epochs=3, restart_schedule=False).schedule_restarts(4) == []
-    both = resolve_strategy([LPFT(probe_epochs=2), GradualUnfreeze(every=1)])
+    assert LPFT(probe_epochs=3, restart_schedule=True).schedule_restarts(4) == [3]
+    assert LPFT(probe_epochs=3).schedule_restarts(4) == []  # default: one schedule (measured)
+    both = resolve_strategy([LPFT(probe_epochs=2, restart_schedule=True), GradualUnfreeze(every=1)])
     assert both.schedule_restarts(4) == [2]
-    assert LPFT(probe_epochs=2).config()["restart_schedule"] is True
+    assert LPFT(probe_epochs=2).config()["restart_schedule"] is False
+    assert LPFT().finetune_scale == 0.5

@@ -37,7 +37,7 @@ CASES = {  # strategy factory (given the group count) and the schedule it runs u
         {"step_size": 1, "gamma": 0.5},
     ),
     "composed_one_cycle": (lambda n: [GradualUnfreeze(every=1), DiscriminativeLR(0.7)], "one_cycle", {}),
-    "lpft_cosine": (lambda n: LPFT(probe_epochs=1), "cosine", {"warmup": 0.2}),
+    "lpft_cosine": (lambda n: LPFT(probe_epochs=1, restart_schedule=True), "cosine", {"warmup": 0.2}),
     "explicit_scales_slanted": (explicit_scales, "slanted_triangular", {}),
     "refreeze_constant": (lambda n: HeadAloneInTheMiddle(), "constant", {}),
 }

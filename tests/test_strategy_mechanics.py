@@ -39,8 +39,8 @@ STRATEGIES = {
     "gradual_milestones_decay": lambda: GradualUnfreeze(milestones={0: 1, 2: 3}, decay=0.7),
     "discriminative": lambda: DiscriminativeLR(0.7),
     "discriminative_scales": lambda: DiscriminativeLR(scales=[0.01, 0.3, 1.0]),
-    "lpft": lambda: LPFT(probe_epochs=2, finetune_scale=0.1),
-    "lpft_one_schedule": lambda: LPFT(probe_epochs=1, restart_schedule=False),
+    "lpft_restart": lambda: LPFT(probe_epochs=2, finetune_scale=0.1, restart_schedule=True),
+    "lpft_one_schedule": lambda: LPFT(probe_epochs=1),
     "composed": lambda: [GradualUnfreeze(every=1), DiscriminativeLR(0.7)],
     "open_close_open": lambda: OpenCloseOpen(),
 }
@@ -118,7 +118,7 @@ def test_refrozen_group_loses_grads_and_optimizer_state():
 
 def test_lpft_restarts_the_schedule_at_the_fine_tuning_phase():
     x, y = make_images(N)
-    ft = tuner(LPFT(probe_epochs=2))
+    ft = tuner(LPFT(probe_epochs=2, finetune_scale=0.1, restart_schedule=True))
     ft.compile(lr=1e-2, schedule="one_cycle")
     rec = run(ft, x, y, EPOCHS, BATCH)
     head = [lrs[2] for _, lrs in rec.lrs]
@@ -131,7 +131,7 @@ def test_lpft_restarts_the_schedule_at_the_fine_tuning_phase():
 
 def test_lpft_without_restart_spans_one_schedule():
     x, y = make_images(N)
-    ft = tuner(LPFT(probe_epochs=1, restart_schedule=False))
+    ft = tuner(LPFT(probe_epochs=1, finetune_scale=0.1))
     ft.compile(lr=1e-2, schedule="constant")
     rec = run(ft, x, y, 2, BATCH)
     assert [lrs[0] for _, lrs in rec.lrs] == [0.0] * 3 + [1e-2 * 0.1] * 3

@@ -72,5 +72,5 @@ def test_every_strategy_shows_its_plan_before_compile(strategy, expected):
 
 
 def test_lpft_summary_mentions_the_schedule_restart():
-    assert "restarts its cycle at epoch(s) 2" in tuner(LPFT(probe_epochs=2)).summary()
-    assert "restarts" not in tuner(LPFT(probe_epochs=2, restart_schedule=False)).summary()
+    assert "restarts its cycle at epoch(s) 2" in tuner(LPFT(probe_epochs=2, restart_schedule=True)).summary()
+    assert "restarts" not in tuner(LPFT(probe_epochs=2)).summary()

@@ -34,8 +34,8 @@ class Strategy:
 
     def schedule_restarts(self, n_groups: int) -> list[int]:
         """Epochs at which the LR schedule starts a new cycle (a new phase of training). Default none:
-        one schedule spans the whole ``fit``. LPFT restarts at the probe/fine-tune boundary, as
-        fastai's ``fine_tune`` (two one-cycles) and Kumar et al. (probe trained on its own) do."""
+        one schedule spans the whole ``fit``. ``LPFT(restart_schedule=True)`` restarts at the
+        probe/fine-tune boundary, as fastai's ``fine_tune`` does with its two one-cycles."""
         return []
 
     def validate(self, n_groups: int) -> None:

@@ -153,17 +153,20 @@ class LPFT(Strategy):
     frozen features, then every group trains at ``finetune_scale`` x the LR, so a good head keeps the
     pretrained features from being distorted early.
 
-    ``restart_schedule=True`` (default) gives each phase its own LR schedule cycle: the probe gets a
-    whole warm-up/decay to converge, and fine-tuning starts a fresh warm-up instead of inheriting the
-    tail of one schedule stretched over both phases (fastai's ``fine_tune`` also runs two one-cycles).
+    Defaults come from benchmarks/strategies.py (docs/strategies.md): ``finetune_scale=0.5`` (fastai's
+    ``fine_tune`` also halves the LR after unfreezing) beat 0.1 by ~0.45 accuracy on a domain-shifted
+    few-shot task, where the features must move; and one schedule over both phases
+    (``restart_schedule=False``) beat a fresh cycle per phase (0.889 vs 0.818): the probe spends the
+    warm-up, and the backbone opens near the peak LR. ``restart_schedule=True`` gives each phase its
+    own warm-up/decay cycle (as fastai's two one-cycles), for a gentler start of fine-tuning.
     """
 
     def __init__(
         self,
         probe_epochs: int = 1,
-        finetune_scale: float = 0.1,
+        finetune_scale: float = 0.5,
         train_bn: bool = False,
-        restart_schedule: bool = True,
+        restart_schedule: bool = False,
     ):
         self.probe_epochs = _positive_int("probe_epochs", probe_epochs)
         if not isinstance(finetune_scale, (int, float)) or finetune_scale <= 0:
