@@ -34,7 +34,7 @@ print(ranking)
 # 2. Fine-tune with L2-SP (pull toward the pretrained weights instead of toward zero), mixup, and a
 #    monitor that measures how far the backbone drifts from its pretrained self.
 ft = FineTuner("timm/efficientnet_lite0", num_classes=10, weights=lite0, image_size=64, seed=0)
-ft.compile(lr=2e-3, regularizer=L2SP(alpha=0.1, beta=0.01), mixup=0.2, label_smoothing=0.1)
+ft.compile(lr=2e-3, regularizer=L2SP(alpha=0.01, beta=0.01), mixup=0.2, label_smoothing=0.1)
 monitor = RetentionMonitor(x_val[:64])
 history = ft.fit(x, y, epochs=4, validation_data=(x_val, y_val), callbacks=[monitor], verbose=0)
 print("val accuracy per epoch:", [round(a, 3) for a in history.history["val_accuracy"]])
