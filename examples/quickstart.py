@@ -31,12 +31,12 @@ ft = FineTuner(
     image_size=64,  # small for a fast CPU run; default is the weights' own 224
     seed=0,
 )
-ft.compile(lr=1e-2)
+ft.compile()  # AdamW, lr 2e-3 (measured default), one-cycle schedule
 print(ft.summary())
 history = ft.fit(
     x_train,
     y_train,
-    epochs=5,
+    epochs=8,
     validation_split=0.2,
     augment=False,  # the default flip would turn some digits into others
     callbacks=[EarlyStopping(monitor="val_accuracy", patience=2, restore_best_weights=True)],

@@ -3,6 +3,7 @@ top to bottom and device, precision and logging details stay out of it."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,8 @@ from finetunekit.step import ComputeConfig, Stepper
 from finetunekit.strategies import Plan
 
 BatchTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-LOG_EVERY = 10  # batch logs are synced from the device at most this often
+LOG_EVERY = 10  # batch logs are synced from the device every this many steps...
+LOG_INTERVAL = 0.5  # ...or when this many seconds passed since the last sync (slow steps: live progress bar)
 
 
 @dataclass
@@ -86,6 +88,7 @@ def train_epoch(
     tracker = ctx.tracker
     batch_logs: dict[str, float] = tracker.result() if start_step else {}
     step = start_step - 1
+    synced_at = time.monotonic()
     for step, batch in enumerate(loader, start=start_step):
         callbacks.on_train_batch_begin(step)
         ctx.step = step
@@ -97,9 +100,10 @@ def train_epoch(
         loss, logits = train_step(ctx, xin, target)
         if ctx.step_applied:
             tracker.update(loss, logits, y)
-        if step % LOG_EVERY == 0:
+        if step % LOG_EVERY == 0 or time.monotonic() - synced_at >= LOG_INTERVAL:
             nonfinite.check_deferred(ctx)
             batch_logs = tracker.result()
+            synced_at = time.monotonic()
         tuner.stop_training = tuner.stop_training or ctx.stop_requested
         callbacks.on_train_batch_end(step, batch_logs)
         if tuner.stop_training:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from helpers import TinyNet, make_images
 
 from finetunekit import FineTuner, loop
+from finetunekit.callbacks import LambdaCallback
 from finetunekit.errors import ConfigError
 from finetunekit.metrics import MetricTracker
 
@@ -155,6 +156,17 @@ def test_metrics_are_synced_at_most_every_log_every_steps(monkeypatch):
         return original(self)
 
     monkeypatch.setattr(MetricTracker, "result", counting)
+    monkeypatch.setattr(loop, "LOG_INTERVAL", float("inf"))  # count step-based syncs only, not slow steps
     ft = _tuner()
     _fit(ft, n=25 * 4, batch_size=4)  # 25 steps
     assert len(calls) <= math.ceil(25 / loop.LOG_EVERY) + 1  # + the epoch's final result
+
+
+def test_slow_steps_sync_batch_logs_by_time_so_the_bar_stays_live(monkeypatch):
+    seen = []
+    monkeypatch.setattr(loop, "LOG_INTERVAL", 0.0)  # every step counts as slow
+    ft = _tuner()
+    cb = LambdaCallback(on_train_batch_end=lambda batch, logs: seen.append(logs.get("loss")))
+    x, y = make_images(12 * 4, 3, 16)
+    ft.fit(x, y, batch_size=4, epochs=1, verbose=0, augment=False, callbacks=[cb])
+    assert len(seen) == 12 and len(set(seen)) == 12  # fresh running loss at every step
