@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE.parent))  # tests/: helpers
 from helpers import TinyNet, make_images  # noqa: E402
 
 from finetunekit import FineTuner, distributed, saving  # noqa: E402
-from finetunekit.callbacks import Callback, LambdaCallback  # noqa: E402
+from finetunekit.callbacks import BackupAndRestore, Callback, LambdaCallback  # noqa: E402
 from finetunekit.strategies import GradualUnfreeze  # noqa: E402
 
 N_TRAIN, N_VAL, BATCH = 48, 21, 8  # 21 validation samples: not divisible by 2 ranks
@@ -190,7 +190,47 @@ def scenario_resume(out: Path) -> None:
     (out / f"resume_rank{rank}.json").write_text(json.dumps({"attempt": attempt, "from_epoch": epoch}))
 
 
+class CrashRankOne(Callback):
+    """Rank 1 dies at batch 1 of ``epoch`` in the first attempt only (torchrun's restart count)."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch, self._now = epoch, -1
+
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        self._now = epoch
+
+    def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+        first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+        if first_attempt and self._now == self.epoch and batch == 1 and distributed.rank() == 1:
+            raise RuntimeError("simulated crash of rank 1 with a backup on disk")
+
+
+def scenario_backup(out: Path) -> None:
+    """The same script in every attempt, with BackupAndRestore: attempt 0 backs up after epoch 0 and
+    crashes in epoch 1; attempt 1 restores on every rank from rank 0's backup and finishes."""
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    x, y, _, _ = data()
+    ft = gn_tuner()
+    ft.compile(lr=1e-2)
+    begun: list[int] = []  # epochs this attempt trained (History also holds the restored ones)
+    seen = LambdaCallback(on_epoch_begin=lambda epoch, logs: begun.append(epoch))
+    history = ft.fit(x, y, batch_size=BATCH, epochs=3, augment=False, verbose=0,
+                     callbacks=[seen, CrashRankOne(epoch=1), BackupAndRestore(out / "bk")])  # fmt: skip
+    rank = env_rank()
+    save_file(_state(ft), str(out / f"backup_end_rank{rank}.safetensors"))
+    (out / f"backup_rank{rank}.json").write_text(
+        json.dumps({"attempt": attempt, "begun": begun, "epochs": history.epoch})
+    )
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     scenario, folder = sys.argv[1], Path(sys.argv[2])
-    {"main": scenario_main, "fail": scenario_fail, "resume": scenario_resume}[scenario](folder)
+    scenarios = {
+        "main": scenario_main,
+        "fail": scenario_fail,
+        "resume": scenario_resume,
+        "backup": scenario_backup,
+    }
+    scenarios[scenario](folder)

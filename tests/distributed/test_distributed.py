@@ -149,3 +149,16 @@ def test_torchrun_restart_resumes_every_rank_from_rank_zero_checkpoint(tmp_path)
         assert all(torch.equal(starts[r][k], saved[k]) for k in saved)
     assert all(torch.equal(ends[0][k], ends[1][k]) for k in saved)
     assert any(not torch.equal(ends[0][k], saved[k]) for k in saved)  # and trained on
+
+
+@pytest.mark.slow
+def test_backup_and_restore_resumes_every_rank_across_a_torchrun_restart(tmp_path):
+    proc, _ = torchrun("backup", tmp_path, "--max-restarts=1")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-6000:]
+    assert "simulated crash of rank 1 with a backup on disk" in output  # attempt 0 died in epoch 1 ...
+    for r in (0, 1):  # ... and attempt 1 restored from the epoch-0 backup on both ranks, not from scratch
+        rep = json.loads((tmp_path / f"backup_rank{r}.json").read_text())
+        assert rep == {"attempt": 1, "begun": [1, 2], "epochs": [0, 1, 2]}, rep
+    ends = [load_file(str(tmp_path / f"backup_end_rank{r}.safetensors")) for r in (0, 1)]
+    assert all(torch.equal(ends[0][k], ends[1][k]) for k in ends[0])  # ranks bitwise identical
