@@ -1,7 +1,8 @@
 """FineTuner: a pretrained backbone with a new head, trained Keras-style with a fine-tuning strategy.
 
 The object owns the model, its ordered layer groups, the strategy and (after ``compile``) the optimizer.
-``fit`` is the loop; what happens inside one epoch lives in :mod:`finetunekit.loop`.
+``fit`` is the loop; how it runs each epoch lives in :mod:`finetunekit.fitting` (inherited), and what
+happens inside one epoch in :mod:`finetunekit.loop`.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,12 +21,12 @@ from finetunekit import feature_cache, loop, nonfinite, preflight, saving
 from finetunekit.backbones import build_backbone, rebuild_backbone
 from finetunekit.backbones.base import Backbone, DataConfig
 from finetunekit.callbacks import Callback, CallbackList, History
-from finetunekit.data import PreparedData, prepare_data, split_validation
+from finetunekit.compile_config import CompileConfig, resolve_loss
 from finetunekit.determinism import deterministic_mode
 from finetunekit.distributed.failure import guard
 from finetunekit.distributed.run import run_for
 from finetunekit.errors import CheckpointError, ConfigError, NotCompiledError
-from finetunekit.loader_state import epoch_start_snapshot
+from finetunekit.fitting import FitMixin
 from finetunekit.metrics import check_metrics
 from finetunekit.optim import (
     apply_plan,
@@ -33,18 +34,17 @@ from finetunekit.optim import (
     group_params,
     make_optimizer,
     norm_modules_by_group,
-    set_frozen_norms_to_eval,
 )
 from finetunekit.regularization import learning_curve as _lc
-from finetunekit.regularization.gap import gap_line, gap_logs
-from finetunekit.regularization.mixing import BatchMixer, check_mix_alpha
+from finetunekit.regularization.gap import gap_line
+from finetunekit.regularization.mixing import check_mix_alpha
 from finetunekit.retention import wise
 from finetunekit.retention.snapshot import backbone_state
-from finetunekit.schedules import get_schedule, schedule_phase
-from finetunekit.step import ComputeConfig, Stepper, WeightEMA, check_compute, make_ema
+from finetunekit.schedules import get_schedule
+from finetunekit.step import Stepper, WeightEMA, check_compute, make_ema
 from finetunekit.strategies import Plan, Strategy, check_plan, resolve_strategy
 from finetunekit.summary import format_summary
-from finetunekit.train_state import FitRun, ResumePoint
+from finetunekit.train_state import FitRun
 from finetunekit.tta import FlipTTA
 from finetunekit.validation import check_fit_args, check_positive_int, resolve_device
 
@@ -64,29 +64,13 @@ class GroupInfo:
         return f"GroupInfo(name={self.name!r}, num_params={self.num_params:,})"
 
 
-@dataclass
-class CompileConfig:
-    optimizer: Any
-    lr: float
-    weight_decay: float
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    metrics: list[str]
-    schedule: Any
-    schedule_kwargs: dict[str, Any]
-    compute: ComputeConfig = field(default_factory=ComputeConfig)
-    on_nonfinite: str = "raise"
-    regularizer: Any = None  # e.g. L2SP; a callable () -> scalar tensor added to the training loss
-    mixup: float = 0.0
-    cutmix: float = 0.0
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-class FineTuner:
+class FineTuner(FitMixin):
     """Fine-tune a timm / torchvision / custom backbone with a Keras-style API. See DESIGN.md."""
 
     def __init__(
@@ -254,7 +238,7 @@ class FineTuner:
             optimizer=optimizer,
             lr=float(lr),
             weight_decay=float(weight_decay),
-            loss_fn=_resolve_loss(loss, label_smoothing),
+            loss_fn=resolve_loss(loss, label_smoothing),
             metrics=check_metrics(metrics),
             schedule=schedule,
             schedule_kwargs=dict(schedule_kwargs or {}),
@@ -337,126 +321,6 @@ class FineTuner:
         self.history = cbs.history
         return cbs.history
 
-    def _fit_epochs(self, run: FitRun, val_loader: Any, initial_epoch: int) -> None:
-        point = self._resume_point(run, initial_epoch)
-        run.callbacks.on_train_begin()
-        logs: dict[str, float] = {}
-        for epoch in range(point.epoch, run.epochs):
-            self._use_schedule_phase(epoch)
-            logs = self._fit_epoch(run, val_loader, epoch, point if epoch == point.epoch else None)
-            if self.stop_training:
-                break
-        run.callbacks.on_train_end(logs)
-        run.dist.release()  # [distributed] free DDP's gradient buckets (a copy of every trainable gradient)
-
-    def _use_schedule_phase(self, epoch: int) -> None:
-        """Make ``self._run.ctx`` the TrainContext of the schedule cycle ``epoch`` belongs to: a strategy
-        may restart the schedule (LPFT's fine-tuning phase). The non-finite policy and skip count of the
-        previous cycle carry over (TerminateOnNaN sets the policy once per fit)."""
-        run = self._run
-        assert run is not None
-        start, end = schedule_phase(run.restarts, run.epochs, epoch)
-        old = run.ctx
-        if old is not None and old.first_epoch == start:
-            return
-        run.ctx = self._train_context(run.steps, end - start, first_epoch=start)
-        if old is not None:
-            run.ctx.nonfinite, run.ctx.skipped = old.nonfinite, old.skipped
-
-    def _resume_point(self, run: FitRun, initial_epoch: int) -> ResumePoint:
-        """An interrupted run's position when a BackupAndRestore holds one, else ``initial_epoch``."""
-        for cb in run.callbacks:
-            restore = getattr(cb, "restore_fit", None)
-            point = restore() if restore is not None else None
-            if point is not None:
-                return point
-        return ResumePoint(initial_epoch, 0)
-
-    def _fit_epoch(
-        self, run: FitRun, val_loader: Any, epoch: int, point: ResumePoint | None
-    ) -> dict[str, float]:
-        ctx, cbs, dist = run.ctx, run.callbacks, run.dist
-        plan = self._apply_plan(epoch)
-        dist.bind_model(ctx, self.model)  # [distributed] DDP over the trainable set; rebuilt on change
-        dist.set_epoch(run.loader, epoch)
-        start = point.step if point is not None else 0
-        if start == 0:
-            cbs.on_epoch_begin(epoch)
-            ctx.epoch_start = epoch_start_snapshot(run.loader)
-        # The one place an epoch may train on cached backbone features (not when resuming mid-epoch).
-        cache = self._feature_cache if start == 0 else None
-        inputs = feature_cache.epoch_inputs(cache, ctx, run.loader, val_loader, plan, epoch, self.eval_model)
-        batches = point.batches if point is not None and start else inputs.loader
-        model, ctx.model = ctx.model, inputs.ctx.model  # the head suffix on cached epochs
-        try:
-            logs = loop.train_epoch(ctx, batches, epoch, plan, cbs, self, start)
-        finally:
-            ctx.model = model
-        dist.end_epoch(self.model)  # [distributed] rank 0's BN statistics everywhere
-        if inputs.val_loader is not None:
-            val_logs = loop.evaluate_loader(
-                inputs.val_model, inputs.val_loader, ctx.loss_fn, ctx.metrics, self.device, cbs,
-                sync_metrics=dist.active,
-            )  # fmt: skip
-            logs.update({f"val_{k}": v for k, v in val_logs.items()})
-            logs.update(gap_logs(logs))
-        cbs.on_epoch_end(epoch, logs)
-        return logs
-
-    def _fit_data(
-        self, x: Any, y: Any, validation_split: float, validation_data: Any, augment: bool
-    ) -> tuple[PreparedData, PreparedData | None]:
-        train = self._prepare(x, y, augment=augment, what="x")
-        if self.class_names is None and train.class_names is not None:
-            self.class_names = list(train.class_names)
-        if validation_data is not None:
-            vx, vy = validation_data if isinstance(validation_data, tuple) else (validation_data, None)
-            return train, self._prepare(vx, vy, augment=False, what="validation_data")
-        if validation_split:  # [distributed] every rank must split alike, seed or not
-            return split_validation(train, validation_split, run_for(self).shared_seed(self.seed))
-        return train, None
-
-    def _prepare(
-        self, x: Any, y: Any, *, augment: bool, what: str, require_labels: bool = True
-    ) -> PreparedData:
-        if x is None:
-            raise ConfigError(
-                f"{what} is None; pass images (array, tensor, Dataset, DataLoader or folder path)"
-            )
-        return prepare_data(
-            x, y, data_config=self.data_config, in_chans=self.in_chans, augment=augment,
-            require_labels=require_labels, num_classes=self.num_classes, what=what,
-        )  # fmt: skip
-
-    def _train_context(self, steps: int, epochs: int, first_epoch: int = 0) -> loop.TrainContext:
-        cfg = self._compiled
-        assert cfg is not None and self.optimizer is not None
-        total = steps * epochs
-        return loop.TrainContext(
-            model=self.model, optimizer=self.optimizer, loss_fn=cfg.loss_fn,
-            schedule=get_schedule(cfg.schedule, total, **cfg.schedule_kwargs), base_lr=cfg.lr,
-            metrics=cfg.metrics, device=self.device, steps_per_epoch=steps, total_steps=total,
-            train_bn=self.strategy.train_bn, norms_by_group=self._norms_by_group, first_epoch=first_epoch,
-            nonfinite=cfg.on_nonfinite, stepper=self._stepper,
-            regularizer=cfg.regularizer.bind(self) if hasattr(cfg.regularizer, "bind") else cfg.regularizer,
-            batch_transform=self._batch_mixer(),
-        )  # fmt: skip
-
-    def _new_feature_cache(
-        self, loader: Any, train: PreparedData, val: PreparedData | None, enabled: bool
-    ) -> feature_cache.FeatureCache:
-        """This fit's frozen-prefix cache; ``feature_cache.epoch_inputs`` decides per epoch if it is used."""
-        user_loader = train.loader is not None
-        reason = feature_cache.static_reason(loader, self.strategy.train_bn, enabled, user_loader)
-        val_ok = val is not None and val.loader is None and self._ema is None
-        self._feature_cache = feature_cache.FeatureCache(
-            self.model, self._backbone.head_path, self._params_by_group[-1],
-            lambda plan: set_frozen_norms_to_eval(plan, self._norms_by_group, self.strategy.train_bn),
-            autocast=self._stepper.autocast if self._stepper else None, reason=reason,
-            cache_validation=val_ok,
-        )  # fmt: skip
-        return self._feature_cache
-
     @property
     def eval_model(self) -> nn.Module:
         """What validation, evaluate, predict and save use: the EMA of the weights when on, else the model."""
@@ -466,12 +330,6 @@ class FineTuner:
     def amp_skipped_steps(self) -> int:
         """Optimizer steps the fp16 GradScaler skipped (inf/NaN gradients) in the last fit."""
         return int(self._stepper.skipped_steps.item()) if self._stepper is not None else 0
-
-    def _batch_mixer(self) -> BatchMixer | None:
-        cfg = self._compiled
-        assert cfg is not None
-        mixer = BatchMixer(self.num_classes, cfg.mixup, cfg.cutmix, seed=self.seed)
-        return mixer if mixer.active else None
 
     def plan(self, epoch: int) -> Plan:
         """The strategy's plan for ``epoch``, checked."""
@@ -623,24 +481,6 @@ class FineTuner:
 
     def __repr__(self) -> str:
         return f"FineTuner({self.spec!r}, num_classes={self.num_classes}, strategy={self.strategy!r})"
-
-
-def _resolve_loss(loss: Any, label_smoothing: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    if (
-        isinstance(label_smoothing, bool)
-        or not isinstance(label_smoothing, (int, float))
-        or not 0 <= label_smoothing < 1
-    ):
-        raise ConfigError(
-            f"label_smoothing={label_smoothing!r} is invalid; expected a float in [0, 1), e.g. 0.1"
-        )
-    if loss in ("cross_entropy", "categorical_crossentropy", "sparse_categorical_crossentropy"):
-        return nn.CrossEntropyLoss(label_smoothing=float(label_smoothing))
-    if callable(loss) and not isinstance(loss, str):
-        return loss
-    raise ConfigError(
-        f"loss={loss!r} is unknown; expected 'cross_entropy' or a callable (logits, labels) -> scalar tensor"
-    )
 
 
 def _num_batches(loader: Any) -> int:
