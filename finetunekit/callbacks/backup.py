@@ -112,14 +112,16 @@ class BackupAndRestore(Callback):
             self._remove_partials()
 
     def _save(self, epoch: int, step: int) -> None:
-        from finetunekit.train_state import capture
+        from finetunekit.train_state import capture, on_main_rank
 
-        name = f"{_PREFIX}e{epoch:06d}-s{step:07d}"
-        checkpoint.write_checkpoint(
-            self.backup_dir / name, capture(self.tuner, epoch, step), {"kind": "training"}
-        )
-        for old in self.checkpoints()[2:]:  # the newest two stay: the second is the fallback
-            shutil.rmtree(old, ignore_errors=True)
+        def write() -> None:
+            name = f"{_PREFIX}e{epoch:06d}-s{step:07d}"
+            files = capture(self.tuner, epoch, step)
+            checkpoint.write_checkpoint(self.backup_dir / name, files, {"kind": "training"})
+            for old in self.checkpoints()[2:]:  # the newest two stay: the second is the fallback
+                shutil.rmtree(old, ignore_errors=True)
+
+        on_main_rank(self.tuner, write, "BackupAndRestore")
 
     def _remove_partials(self) -> None:
         if self.backup_dir.is_dir():
