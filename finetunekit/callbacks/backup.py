@@ -106,10 +106,15 @@ class BackupAndRestore(Callback):
             self._save(epoch + 1, 0)
 
     def on_train_end(self, logs: Logs | None = None) -> None:
-        if self.delete_checkpoint:
+        from finetunekit.train_state import on_main_rank
+
+        def delete() -> None:
             for folder in self.checkpoints():
                 shutil.rmtree(folder, ignore_errors=True)
             self._remove_partials()
+
+        if self.delete_checkpoint:
+            on_main_rank(self.tuner, delete, "BackupAndRestore cleanup")
 
     def _save(self, epoch: int, step: int) -> None:
         from finetunekit.train_state import capture, on_main_rank
