@@ -106,20 +106,27 @@ class BackupAndRestore(Callback):
             self._save(epoch + 1, 0)
 
     def on_train_end(self, logs: Logs | None = None) -> None:
-        if self.delete_checkpoint:
+        from finetunekit.train_state import on_main_rank
+
+        def delete() -> None:
             for folder in self.checkpoints():
                 shutil.rmtree(folder, ignore_errors=True)
             self._remove_partials()
 
-    def _save(self, epoch: int, step: int) -> None:
-        from finetunekit.train_state import capture
+        if self.delete_checkpoint:
+            on_main_rank(self.tuner, delete, "BackupAndRestore cleanup")
 
-        name = f"{_PREFIX}e{epoch:06d}-s{step:07d}"
-        checkpoint.write_checkpoint(
-            self.backup_dir / name, capture(self.tuner, epoch, step), {"kind": "training"}
-        )
-        for old in self.checkpoints()[2:]:  # the newest two stay: the second is the fallback
-            shutil.rmtree(old, ignore_errors=True)
+    def _save(self, epoch: int, step: int) -> None:
+        from finetunekit.train_state import capture, on_main_rank
+
+        def write() -> None:
+            name = f"{_PREFIX}e{epoch:06d}-s{step:07d}"
+            files = capture(self.tuner, epoch, step)
+            checkpoint.write_checkpoint(self.backup_dir / name, files, {"kind": "training"})
+            for old in self.checkpoints()[2:]:  # the newest two stay: the second is the fallback
+                shutil.rmtree(old, ignore_errors=True)
+
+        on_main_rank(self.tuner, write, "BackupAndRestore")
 
     def _remove_partials(self) -> None:
         if self.backup_dir.is_dir():

@@ -111,7 +111,9 @@ class ModelCheckpoint(Callback):
                 f"ModelCheckpoint(filepath={self.filepath!r}) has a placeholder that cannot be filled "
                 f"({e!r}); expected {{epoch}}, {{batch}} or keys of the logs: {sorted(logs)}"
             ) from e
-        self._write(path, epoch, step)
+        from finetunekit.train_state import on_main_rank
+
+        on_main_rank(self.tuner, lambda: self._write(path, epoch, step), "ModelCheckpoint")
         if self.verbose > 0:
             log_message(f"Epoch {label}: saved checkpoint to {path}")
 
