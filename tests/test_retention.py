@@ -41,7 +41,7 @@ def test_l2sp_penalty_equals_the_formula_and_skips_frozen_groups() -> None:
     for n, p in params.items():
         p.requires_grad_(n.startswith("fc."))
     assert float(reg().detach()) == pytest.approx(
-        0.05 / 2 * float((params["fc.weight"] ** 2).sum()), rel=1e-6
+        0.05 / 2 * float((params["fc.weight"].detach() ** 2).sum()), rel=1e-6
     )
 
 
