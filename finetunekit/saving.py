@@ -54,10 +54,6 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True).encode())
-
-
 def tensors_to_bytes(state: dict[str, torch.Tensor]) -> bytes:
     """safetensors refuses shared storage; cloning gives each tensor its own, on the CPU."""
     return st_save({k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()})
