@@ -9,6 +9,10 @@ plain / finetunekit and repeat ``--repeats`` times; medians are reported):
   the median of the per-pair ratios is reported, which cancels most of a shared machine's load drift;
 - frozen backbone: the plain loop (backbone frozen, its BN in eval mode, full forward every epoch) vs
   ``FrozenBackbone`` with the frozen-prefix feature cache (epochs after the first), and without the cache;
+- gradual unfreezing (``GradualUnfreeze(every=2)``, so each phase lasts two epochs): the plain loop opening
+  the same groups on the same schedule (full forward every epoch) vs finetunekit, which caches the frozen
+  prefix's outputs in each phase (the head's input in the first, then the output of the last frozen block);
+  paired epoch ratios for the first epoch of each phase (builds the cache) and the second (uses it);
 - the held-out accuracy each reaches.
 
 Real architecture and weights, offline: timm ``efficientnet_lite0`` with the ImageNet weights of the
@@ -34,8 +38,16 @@ import numpy as np
 import torch
 from torch import nn
 
-MODES = ("plain_full", "ft_full", "plain_frozen", "ft_frozen_cached", "ft_frozen_uncached")
-PAIRED = ("paired_full", "paired_frozen")
+MODES = (
+    "plain_full",
+    "ft_full",
+    "plain_frozen",
+    "ft_frozen_cached",
+    "ft_frozen_uncached",
+    "ft_gradual_uncached",
+)
+PAIRED = ("paired_full", "paired_frozen", "paired_gradual")
+EVERY = 2  # GradualUnfreeze(every=EVERY) in the gradual rows
 
 
 def _data(args: argparse.Namespace) -> tuple[np.ndarray, ...]:
@@ -77,20 +89,23 @@ def _plain_model(args: argparse.Namespace) -> tuple[nn.Module, Any]:
 
 class PlainRun:
     """The loop a careful user writes: preprocessed float tensors, a shuffling DataLoader, AdamW, no
-    per-step host sync (the loss is summed on the device and read once per epoch)."""
+    per-step host sync (the loss is summed on the device and read once per epoch). ``mode``: "full",
+    "frozen" (only the head trains) or "gradual" (one more layer group opens every EVERY epochs, from the
+    top, as GradualUnfreeze does; frozen groups' BN in eval mode)."""
 
-    def __init__(self, args: argparse.Namespace, frozen: bool) -> None:
+    def __init__(self, args: argparse.Namespace, mode: str) -> None:
         x_train, y_train, x_test, self.y_test = _data(args)
         self.model, built = _plain_model(args)
         cfg = built.data_config
         xt = _plain_inputs(x_train, args.image_size, cfg.mean, cfg.std)
         self.xv = _plain_inputs(x_test, args.image_size, cfg.mean, cfg.std)
-        self.frozen = frozen
-        if frozen:
-            for name, p in self.model.named_parameters():
-                p.requires_grad_(name.startswith(built.head_path + "."))
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+        self.mode, self.n_epochs = mode, 0
+        self.groups = [set(g.param_names) for g in built.groups]
+        self.bn_names = {
+            n for n, m in self.model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        }
+        self._open_groups(len(self.groups) if mode == "full" else 1)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=args.lr, weight_decay=0.01)
         gen = torch.Generator().manual_seed(args.seed)
         self.loader = torch.utils.data.DataLoader(
             torch.utils.data.TensorDataset(xt, torch.from_numpy(y_train)),
@@ -98,13 +113,21 @@ class PlainRun:
         )  # fmt: skip
         self.loss_fn = nn.CrossEntropyLoss()
 
+    def _open_groups(self, n_open: int) -> None:
+        """The top ``n_open`` groups train; AdamW skips parameters without gradients."""
+        self.trainable = set().union(*self.groups[len(self.groups) - n_open :])
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(name in self.trainable)
+
     def epoch(self) -> float:
         start = time.perf_counter()
+        if self.mode == "gradual":
+            self._open_groups(min(len(self.groups), 1 + self.n_epochs // EVERY))
+        self.n_epochs += 1
         self.model.train()
-        if self.frozen:  # Keras semantics: frozen BN uses its running statistics
-            for m in self.model.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+        for name, m in self.model.named_modules():  # Keras semantics: frozen BN uses its running statistics
+            if name in self.bn_names and f"{name}.weight" not in self.trainable:
+                m.eval()
         total = torch.zeros(())
         for xb, yb in self.loader:
             loss = self.loss_fn(self.model(xb), yb)
@@ -122,21 +145,21 @@ class PlainRun:
         return float((pred == torch.from_numpy(self.y_test)).float().mean())
 
 
-def run_plain(args: argparse.Namespace, frozen: bool) -> dict[str, Any]:
-    run = PlainRun(args, frozen)
+def run_plain(args: argparse.Namespace, mode: str) -> dict[str, Any]:
+    run = PlainRun(args, mode)
     times = [run.epoch() for _ in range(args.epochs)]
     return {"epoch_times": times, "accuracy": run.accuracy()}
 
 
 # ----------------------------------------------------------------------------------------- finetunekit
 def run_finetuner(
-    args: argparse.Namespace, frozen: bool, cache: bool, paired: PlainRun | None = None
+    args: argparse.Namespace, mode: str, cache: bool, paired: PlainRun | None = None
 ) -> dict[str, Any]:
     """FineTuner.fit; with ``paired``, one plain-loop epoch runs next to each FineTuner epoch (before it
     on odd epochs, after it on even ones), timed separately, so both see the same machine load."""
     from finetunekit import FineTuner
     from finetunekit.callbacks import Callback
-    from finetunekit.strategies import FrozenBackbone, FullFineTune
+    from finetunekit.strategies import FrozenBackbone, FullFineTune, GradualUnfreeze
 
     x_train, y_train, x_test, y_test = _data(args)
     times: list[float] = []
@@ -153,29 +176,36 @@ def run_finetuner(
             if paired is not None and epoch % 2 == 0:
                 plain_times.append(paired.epoch())
 
-    strategy = FrozenBackbone() if frozen else FullFineTune()
+    strategies = {
+        "full": FullFineTune,
+        "frozen": FrozenBackbone,
+        "gradual": lambda: GradualUnfreeze(every=EVERY),
+    }
+    strategy = strategies[mode]()
     ft = FineTuner("timm/efficientnet_lite0", num_classes=10, weights=_weights(),
                    image_size=args.image_size, seed=args.seed, strategy=strategy, device="cpu")  # fmt: skip
     ft.compile(lr=args.lr, weight_decay=0.01, schedule="constant")
-    ft.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs, verbose=0,
+    epochs = args.gradual_epochs if mode == "gradual" else args.epochs
+    ft.fit(x_train, y_train, batch_size=args.batch_size, epochs=epochs, verbose=0,
            callbacks=[EpochTimer()], augment=False, cache_features=cache)  # fmt: skip
     acc = ft.evaluate(x_test, y_test, batch_size=128)["accuracy"]
-    out: dict[str, Any] = {"epoch_times": times, "accuracy": acc}
+    out: dict[str, Any] = {"epoch_times": times, "accuracy": acc, "cache": ft.summary().splitlines()[-1]}
     if paired is not None:
         out["plain_epoch_times"] = plain_times
+        out["plain_accuracy"] = paired.accuracy()
     return out
 
 
 def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     mode = args.worker
+    kind = mode.split("_")[1]  # full / frozen / gradual
     if mode.startswith("paired"):
-        frozen = mode == "paired_frozen"
-        out = run_finetuner(args, frozen=frozen, cache=True, paired=PlainRun(args, frozen))
+        out = run_finetuner(args, kind, cache=True, paired=PlainRun(args, kind))
     elif mode.startswith("plain"):
-        out = run_plain(args, frozen=mode == "plain_frozen")
+        out = run_plain(args, kind)
     else:
-        out = run_finetuner(args, frozen="frozen" in mode, cache=mode == "ft_frozen_cached")
+        out = run_finetuner(args, kind, cache=mode.endswith("_cached"))
     out["maxrss_mb"] = _maxrss_mb()
     print("RESULT " + json.dumps(out))
 
@@ -185,7 +215,7 @@ def _spawn(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", mode]
-    for key in ("threads", "epochs", "n_train", "image_size", "batch_size", "lr", "seed"):
+    for key in ("threads", "epochs", "gradual_epochs", "n_train", "image_size", "batch_size", "lr", "seed"):
         cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -209,6 +239,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, floa
             "first_epoch_s": _median([r["epoch_times"][0] for r in rs]),
             "maxrss_mb": _median([r["maxrss_mb"] for r in rs]),
             "accuracy": _median([r["accuracy"] for r in rs]),
+            "plain_accuracy": _median([r.get("plain_accuracy", float("nan")) for r in rs]),
         }
         if mode.startswith("paired"):
             per_run = [list(zip(r["epoch_times"], r["plain_epoch_times"], strict=True)) for r in rs]
@@ -219,12 +250,23 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, floa
             out[mode]["first_ratio"] = _median([r["epoch_times"][0] / r["plain_epoch_times"][0] for r in rs])
             out[mode]["plain_epoch_s"] = _median([p for _, p in pairs])
             out[mode]["plain_later_s"] = _median([p for _, p in later])
+            out[mode]["total_s"] = _median([sum(r["epoch_times"]) for r in rs])
+            out[mode]["plain_total_s"] = _median([sum(r["plain_epoch_times"]) for r in rs])
+            # per phase of EVERY epochs after the head-only one (the frozen rows cover that): its first
+            # epoch builds the cache of the frozen prefix's outputs, the others use it
+            starts = [pair for run in per_run for i, pair in enumerate(run) if i >= EVERY and i % EVERY == 0]
+            reuses = [pair for run in per_run for i, pair in enumerate(run) if i >= EVERY and i % EVERY]
+            for name, chosen in (("phase_first", starts), ("phase_later", reuses)):
+                out[mode][f"{name}_ratio"] = _median([f / p for f, p in chosen])
+                out[mode][f"{name}_s"] = _median([f for f, _ in chosen])
+                out[mode][f"{name}_plain_s"] = _median([p for _, p in chosen])
     return out
 
 
 def _rows(s: dict[str, dict[str, float]]) -> list[tuple[str, str, str, str]]:
     pf, ff, pair = s["plain_full"], s["ft_full"], s["paired_full"]
     pz, fc, fu, pairz = s["plain_frozen"], s["ft_frozen_cached"], s["ft_frozen_uncached"], s["paired_frozen"]
+    pg, gu = s["paired_gradual"], s["ft_gradual_uncached"]
     return [
         ("full FT: epoch time (paired, after 1st)", f"{pair['plain_later_s']:.3f}s",
          f"{pair['later_epoch_s']:.3f}s", f"{pair['later_ratio']:.3f}x time"),
@@ -245,6 +287,14 @@ def _rows(s: dict[str, dict[str, float]]) -> list[tuple[str, str, str, str]]:
          f"finetunekit uncached: {fu['accuracy']:.3f}"),
         ("frozen uncached: epoch time", f"{pz['epoch_s']:.3f}s", f"{fu['epoch_s']:.3f}s",
          f"{fu['epoch_s'] / pz['epoch_s']:.3f}x time"),
+        ("gradual: 2nd epoch of phases 2+ (paired)", f"{pg['phase_later_plain_s']:.3f}s",
+         f"{pg['phase_later_s']:.3f}s", f"{1 / pg['phase_later_ratio']:.2f}x faster"),
+        ("gradual: 1st epoch of phases 2+ (builds)", f"{pg['phase_first_plain_s']:.3f}s",
+         f"{pg['phase_first_s']:.3f}s", f"{pg['phase_first_ratio']:.3f}x time"),
+        ("gradual: all epochs (paired)", f"{pg['plain_total_s']:.2f}s", f"{pg['total_s']:.2f}s",
+         f"{pg['plain_total_s'] / pg['total_s']:.2f}x faster"),
+        ("gradual: test accuracy", f"{pg['plain_accuracy']:.3f}", f"{pg['accuracy']:.3f}",
+         f"finetunekit uncached: {gu['accuracy']:.3f}"),
     ]  # fmt: skip
 
 
@@ -253,8 +303,8 @@ def print_table(s: dict[str, dict[str, float]], args: argparse.Namespace) -> Non
           f"{os.getloadavg()[0]:.1f}; torch {torch.__version__}; torch.set_num_threads({args.threads}); "
           "device cpu")  # fmt: skip
     print(f"efficientnet_lite0 (ImageNet weights) on digits, {args.n_train} train images at "
-          f"{args.image_size}px, batch {args.batch_size}, {args.epochs} epochs, {args.repeats} repeats "
-          "(medians)\n")  # fmt: skip
+          f"{args.image_size}px, batch {args.batch_size}, {args.epochs} epochs ({args.gradual_epochs} for "
+          f"GradualUnfreeze(every={EVERY})), {args.repeats} repeats (medians)\n")  # fmt: skip
     rows = _rows(s)
     header = ("measure", "plain loop", "finetunekit", "ratio")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
@@ -267,6 +317,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--worker", choices=MODES + PAIRED, default=None, help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--gradual-epochs", type=int, default=8, help="epochs of the gradual rows (4 phases)")
     p.add_argument("--n-train", type=int, default=512)
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=32)

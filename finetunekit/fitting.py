@@ -59,6 +59,8 @@ class FitMixin:
 
         def _apply_plan(self, epoch: int) -> Plan: ...
 
+        def plan(self, epoch: int) -> Plan: ...
+
     def _fit_epochs(self, run: FitRun, val_loader: Any, initial_epoch: int) -> None:
         point = self._resume_point(run, initial_epoch)
         run.callbacks.on_train_begin()
@@ -107,9 +109,12 @@ class FitMixin:
             ctx.epoch_start = epoch_start_snapshot(run.loader)
         # The one place an epoch may train on cached backbone features (not when resuming mid-epoch).
         cache = self._feature_cache if start == 0 else None
-        inputs = feature_cache.epoch_inputs(cache, ctx, run.loader, val_loader, plan, epoch, self.eval_model)
+        next_plan = self.plan(epoch + 1) if epoch + 1 < run.epochs else None
+        inputs = feature_cache.epoch_inputs(
+            cache, ctx, run.loader, val_loader, plan, next_plan, epoch, self.eval_model
+        )
         batches = point.batches if point is not None and start else inputs.loader
-        model, ctx.model = ctx.model, inputs.ctx.model  # the head suffix on cached epochs
+        model, ctx.model = ctx.model, inputs.ctx.model  # the cut's suffix on cached epochs
         try:
             logs = loop.train_epoch(ctx, batches, epoch, plan, cbs, self, start)
         finally:
@@ -165,11 +170,12 @@ class FitMixin:
         )  # fmt: skip
 
     def _new_feature_cache(
-        self, loader: Any, train: PreparedData, val: PreparedData | None, enabled: bool
+        self, loader: Any, train: PreparedData, val: PreparedData | None, disabled: str | None
     ) -> feature_cache.FeatureCache:
-        """This fit's frozen-prefix cache; ``feature_cache.epoch_inputs`` decides per epoch if it is used."""
+        """This fit's frozen-prefix cache; ``feature_cache.epoch_inputs`` decides per epoch if it is used.
+        ``disabled``: fit's reason to keep it off (cache_features=False, DDP, mixup), or None."""
         user_loader = train.loader is not None
-        reason = feature_cache.static_reason(loader, self.strategy.train_bn, enabled, user_loader)
+        reason = feature_cache.static_reason(loader, self.strategy.train_bn, disabled, user_loader)
         val_ok = val is not None and val.loader is None and self._ema is None
         self._feature_cache = feature_cache.FeatureCache(
             self.model, self._backbone.head_path, self._params_by_group[-1],

@@ -283,8 +283,9 @@ class FineTuner(FitMixin):
         for this fit and restores the previous setting afterwards.
 
         ``num_workers``: DataLoader worker processes (None: in-process for in-memory data, a few for image
-        files). ``cache_features``: in epochs where only the head trains and nothing is augmented, run the
-        frozen backbone once and train the head on its cached outputs (same results; see summary()).
+        files). ``cache_features``: while the bottom layer groups stay frozen (FrozenBackbone, LPFT's
+        probe, GradualUnfreeze's early phases) and nothing is augmented, run them once and train the
+        rest on their cached outputs (same results; see summary() and docs/performance.md).
         """
         verbose = check_fit_args(batch_size, epochs, initial_epoch, validation_split, verbose)
         if self._compiled is None:
@@ -307,8 +308,9 @@ class FineTuner(FitMixin):
         )  # fmt: skip
         restarts = self.strategy.schedule_restarts(len(self._backbone.groups))
         self._stepper = Stepper(self._compiled.compute, self.model, self.device, self._ema)
-        mixing = bool(self._compiled.mixup or self._compiled.cutmix)  # mixed features != mixed images
-        self._new_feature_cache(loader, train, val, cache_features and not dist.active and not mixing)
+        mixing = bool(self._compiled.mixup or self._compiled.cutmix)
+        disabled = feature_cache.disabled_reason(cache_features, dist.active, mixing)
+        self._new_feature_cache(loader, train, val, disabled)
         self._run = FitRun(None, cbs, loader, epochs, steps, restarts, dist)
         self._use_schedule_phase(initial_epoch)
         self._planned_epochs = epochs

@@ -10,6 +10,8 @@ from helpers import TinyNet, make_images
 from torch import nn
 
 from finetunekit import FineTuner
+from finetunekit.callbacks import Callback
+from finetunekit.feature_cache import _epochs_text
 from finetunekit.strategies import FrozenBackbone, GradualUnfreeze
 
 
@@ -24,6 +26,10 @@ def _fit(cache: bool, make=None, strategy=None, epochs: int = 2, size: int = 16,
     kwargs = {"augment": False, "batch_size": 16, **fit_kwargs}
     history = ft.fit(x, y, epochs=epochs, verbose=0, cache_features=cache, **kwargs)
     return ft, history
+
+
+def _status(ft: FineTuner) -> str:
+    return next(line for line in ft.summary().splitlines() if line.startswith("feature cache: "))
 
 
 def _params(ft: FineTuner) -> list[torch.Tensor]:
@@ -52,16 +58,149 @@ def test_cached_epochs_skip_the_backbone():
 
     _fit(True, make=make, epochs=3)
     n_batches = 6  # 96 images / 16
-    # one pass to build the cache, +1 for the cache's train-mode check, +1 for fit's preflight probe
-    assert len(calls) <= n_batches + 2
+    # one pass to build the cache, +2 for the cache's check (eval and train mode), +1 for fit's preflight
+    assert len(calls) <= n_batches + 3
 
 
-def test_gradual_unfreeze_caches_only_the_head_phase():
-    cached, _ = _fit(True, strategy=GradualUnfreeze(every=2), epochs=3)
-    plain, _ = _fit(False, strategy=GradualUnfreeze(every=2), epochs=3)
-    assert "on in epochs 0, 1:" in cached.summary()
+class StemCalls(Callback):
+    """How often the stem's convolution really ran in each epoch (a short-circuited stem does not run it)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.calls: list[int] = []
+        self.per_epoch: list[int] = []
+        model.stem[0].register_forward_hook(lambda *a: self.calls.append(1))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = len(self.calls)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.per_epoch.append(len(self.calls) - self.start)
+
+
+def test_gradual_unfreeze_caches_every_phase_with_a_frozen_prefix():
+    """TinyNet's groups are stem, stage1, head. every=2: epochs 0-1 train the head (head cut), 2-3 train
+    stage1 and the head on the stem's cached outputs (prefix cut), 4-5 train everything."""
+    strategy = GradualUnfreeze(every=2)
+    cached, h1 = _fit(True, strategy=strategy, epochs=6, validation_split=0.25)
+    plain, h2 = _fit(False, strategy=strategy, epochs=6, validation_split=0.25)
+    status = _status(cached)
+    assert "on in epochs 0, 1: the head trained on cached backbone features" in status
+    assert (
+        "on in epochs 2, 3: the layers after 'stem' trained on its cached outputs (8x16x16 values" in status
+    )
     for a, b in zip(_params(cached), _params(plain), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for key in ("loss", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(h1.history[key], h2.history[key], rtol=1e-5)
+    assert not torch.equal(cached.model.stage1[0].weight, TinyNet(num_classes=3).stage1[0].weight)  # trained
+    assert "forward" not in vars(cached.model.stem)  # the short-circuit is undone after every call
+
+
+def test_cached_prefix_epochs_skip_the_frozen_layers():
+    model = TinyNet(num_classes=3)
+    calls = StemCalls(model)
+    _fit(True, make=lambda: model, strategy=GradualUnfreeze(milestones={0: 2}), epochs=3,
+         callbacks=[calls])  # fmt: skip
+    n_batches = 6
+    assert calls.per_epoch[1] == calls.per_epoch[2] == 0  # stem ran in none of the cached epochs
+    assert n_batches <= calls.per_epoch[0] <= n_batches + 3  # build + trace and check on a few samples
+
+
+def test_a_phase_of_one_epoch_is_not_cached():
+    cached, _ = _fit(True, strategy=GradualUnfreeze(every=1), epochs=3)
+    plain, _ = _fit(False, strategy=GradualUnfreeze(every=1), epochs=3)
+    status = _status(cached)
+    assert status == (
+        "feature cache: not used in epochs 0, 1: these layers stay frozen for one epoch only, so caching "
+        "would save nothing"
+    )
+    for a, b in zip(_params(cached), _params(plain), strict=True):
+        assert torch.equal(a, b)
+
+
+class SkipNet(nn.Module):
+    """Groups stem, mid, top, head; ``top`` also reads the stem's output, so a cut after ``mid`` would
+    lose that input while a cut after ``stem`` is exact."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.mid = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.top = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.stem(x)
+        return self.fc((self.top(self.mid(a)) + a).mean(dim=(2, 3)))
+
+
+def test_a_connection_across_the_cut_switches_it_off_for_that_phase_only():
+    strategy = GradualUnfreeze(every=2)
+    cached, _ = _fit(True, make=SkipNet, strategy=strategy, epochs=6)
+    plain, _ = _fit(False, make=SkipNet, strategy=strategy, epochs=6)
+    status = _status(cached)
+    assert "on in epochs 0, 1: the head trained" in status
+    assert (
+        "off in epochs 2, 3: the model's output is not the trainable layers applied to the cached" in status
+    )
+    assert "a connection skips the cut" in status
+    assert "on in epochs 4, 5: the layers after 'stem' trained on its cached outputs" in status
+    for a, b in zip(_params(cached), _params(plain), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("spec", "size", "cuts"),
+    [
+        ("torchvision/resnet18", 32, ["'layer3'", "'layer2'"]),
+        ("timm/vit_tiny_patch16_224", 32, ["'blocks.10'", "'blocks.9'"]),  # root-level pos_embed runs live
+        # 64 px: at 32 px its last stages are 1x1, where train-mode BatchNorm over a batch of 4 turns
+        # float noise (CPU kernels are not bitwise batch-invariant) into visible weight differences.
+        ("timm/efficientnet_lite0", 64, ["'blocks.5'", "'blocks.4'"]),
+    ],
+)
+def test_real_architectures_cache_each_prefix_and_match_uncached(spec, size, cuts):
+    def run(cache: bool) -> tuple[FineTuner, dict]:
+        torch.manual_seed(0)
+        x, y = make_images(48, 3, size)
+        ft = FineTuner(spec, num_classes=3, pretrained=False, seed=0, device="cpu", image_size=size,
+                       strategy=GradualUnfreeze(every=2))  # fmt: skip
+        # SGD: Adam turns float-level gradient noise on near-zero gradients into steps of size lr, which
+        # would hide whether the cache is exact.
+        ft.compile(lr=1e-2, optimizer="sgd")
+        history = ft.fit(x, y, epochs=6, batch_size=16, verbose=0, augment=False, cache_features=cache,
+                         validation_split=0.25)  # fmt: skip
+        return ft, history.history
+
+    (cached, h1), (plain, h2) = run(True), run(False)
+    status = _status(cached)
+    assert "on in epochs 0, 1: the head trained" in status
+    assert f"on in epochs 2, 3: the layers after {cuts[0]}" in status
+    assert f"on in epochs 4, 5: the layers after {cuts[1]}" in status
+    for key in ("loss", "val_loss"):
+        np.testing.assert_allclose(h1[key], h2[key], rtol=1e-4)
+    for a, b in zip(_params(cached), _params(plain), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_epoch_lists_in_the_summary_line():
+    assert _epochs_text([3]) == "epoch 3"
+    assert _epochs_text([0, 1]) == "epochs 0, 1"
+    assert _epochs_text([0, 1, 2, 3, 4, 5]) == "epochs 0-5"
+    assert _epochs_text([0, 1, 2, 5, 6]) == "epochs 0-2, 5, 6"
+
+
+def test_mixup_switches_it_off_and_says_why():
+    torch.manual_seed(0)
+    x, y = make_images(32, 3, 16)
+    ft = FineTuner(TinyNet(num_classes=3), num_classes=3, pretrained=False, seed=0, device="cpu",
+                   image_size=16, strategy=FrozenBackbone())  # fmt: skip
+    ft.compile(mixup=0.2)
+    ft.fit(x, y, epochs=2, batch_size=16, verbose=0, augment=False)
+    assert _status(ft) == (
+        "feature cache: off: mixup/CutMix is on (the features of mixed images are not mixed features)"
+    )
 
 
 def test_augmentation_switches_it_off():
@@ -97,7 +236,7 @@ class DropoutNet(TinyNet):
 def test_dropout_in_frozen_layers_switches_it_off_and_results_stay_uncached():
     cached, _ = _fit(True, make=DropoutNet)
     plain, _ = _fit(False, make=DropoutNet)
-    assert "off: the frozen layers act differently in train mode" in cached.summary()
+    assert "off in epochs 0, 1: the frozen layers act differently in train mode" in cached.summary()
     for a, b in zip(_params(cached), _params(plain), strict=True):
         assert torch.equal(a, b)  # the failed check left the run's RNG and BN buffers untouched
 
@@ -114,6 +253,23 @@ def test_dropout_before_the_head_is_replayed_exactly():
     cached, _ = _fit(True, make=HeadDropoutNet)
     plain, _ = _fit(False, make=HeadDropoutNet)
     assert "feature cache: on" in cached.summary()
+    for a, b in zip(_params(cached), _params(plain), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+class InplaceHeadNet(TinyNet):
+    """In-place activation and dropout right before the head (torchvision's MobileNet/VGG classifiers):
+    they run live on every cached batch and must not overwrite the cache itself."""
+
+    def __init__(self) -> None:
+        super().__init__(num_classes=3)
+        self.fc = nn.Sequential(nn.ReLU(inplace=True), nn.Dropout(0.5, inplace=True), nn.Linear(16, 3))  # type: ignore[assignment]
+
+
+def test_inplace_modules_before_the_head_are_replayed_exactly():
+    cached, _ = _fit(True, make=InplaceHeadNet, epochs=3)
+    plain, _ = _fit(False, make=InplaceHeadNet, epochs=3)
+    assert "feature cache: on in epochs 0-2: the head trained" in cached.summary()
     for a, b in zip(_params(cached), _params(plain), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
@@ -135,7 +291,7 @@ def test_timm_head_dropout_is_replayed_exactly():
 def test_summary_before_fit_says_when_the_cache_applies():
     ft = FineTuner(TinyNet(num_classes=3), num_classes=3, pretrained=False, image_size=16, device="cpu",
                    strategy=FrozenBackbone())  # fmt: skip
-    assert ft.summary().splitlines()[-1].startswith("feature cache: decided by fit(): used in epochs where")
+    assert _status(ft).startswith("feature cache: decided by fit(): used while the bottom")
 
 
 def test_fit_passes_num_workers_to_both_loaders(monkeypatch):
