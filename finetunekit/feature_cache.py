@@ -175,6 +175,11 @@ class FeatureCache:
         self.outcomes[epoch] = ("on", f"{self._cut.where} ({self._info})")
         return batches
 
+    def note_resumed(self, epoch: int, plan: Plan) -> None:
+        """An epoch resumed mid-way runs uncached (its remaining batches come from the real loader)."""
+        if frozen_key(plan) is not None:
+            self.outcomes[epoch] = ("off", "resumed in the middle of the epoch, the rest of it ran uncached")
+
     @property
     def suffix(self) -> nn.Module:
         assert self._cut is not None
@@ -372,11 +377,16 @@ def epoch_inputs(
     next_plan: Plan | None,
     epoch: int,
     val_model: nn.Module,
+    resumed: bool = False,
 ) -> EpochInputs:
     """The one place fit decides, per epoch, whether it trains on cached features. ``next_plan`` is the
-    next epoch's plan (None for the last epoch): a cache is built only when it will be used twice."""
+    next epoch's plan (None for the last epoch): a cache is built only when it will be used twice.
+    ``resumed``: the epoch continues mid-way from a backup, with the real loader's remaining batches."""
     full = EpochInputs(ctx, loader, val_model, val_loader)
     if cache is None or cache.reason is not None:
+        return full
+    if resumed:
+        cache.note_resumed(epoch, plan)
         return full
     batches = cache.batches_for_epoch(epoch, plan, next_plan, loader, ctx.device)
     if batches is None:

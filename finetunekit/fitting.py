@@ -107,12 +107,12 @@ class FitMixin:
         if start == 0:
             cbs.on_epoch_begin(epoch)
             ctx.epoch_start = epoch_start_snapshot(run.loader)
-        # The one place an epoch may train on cached backbone features (not when resuming mid-epoch).
-        cache = self._feature_cache if start == 0 else None
+        # The one place an epoch may train on cached features (not the rest of an epoch resumed mid-way).
         next_plan = self.plan(epoch + 1) if epoch + 1 < run.epochs else None
         inputs = feature_cache.epoch_inputs(
-            cache, ctx, run.loader, val_loader, plan, next_plan, epoch, self.eval_model
-        )
+            self._feature_cache, ctx, run.loader, val_loader, plan, next_plan, epoch, self.eval_model,
+            resumed=start > 0,
+        )  # fmt: skip
         batches = point.batches if point is not None and start else inputs.loader
         model, ctx.model = ctx.model, inputs.ctx.model  # the cut's suffix on cached epochs
         try:

@@ -10,9 +10,9 @@ from helpers import TinyNet, make_images
 from torch import nn
 
 from finetunekit import FineTuner
-from finetunekit.callbacks import Callback
+from finetunekit.callbacks import BackupAndRestore, Callback, LambdaCallback
 from finetunekit.feature_cache import _epochs_text
-from finetunekit.strategies import FrozenBackbone, GradualUnfreeze
+from finetunekit.strategies import LPFT, FrozenBackbone, GradualUnfreeze
 
 
 def _fit(cache: bool, make=None, strategy=None, epochs: int = 2, size: int = 16, **fit_kwargs):
@@ -322,3 +322,90 @@ def test_cache_under_bf16_autocast_matches_uncached():
     cached, plain = run(True), run(False)
     assert "feature cache: on" in cached.summary()
     torch.testing.assert_close(cached.model.fc.weight, plain.model.fc.weight, rtol=1e-2, atol=1e-3)
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_in_the_middle_of_a_cached_prefix_epoch_matches_the_uninterrupted_run(tmp_path):
+    """A crash in epoch 3 (stage1 and the head train on the stem's cached outputs): the resumed run
+    finishes that epoch uncached from the saved loop position and caches again in the next phase."""
+    strategy = GradualUnfreeze(every=2)
+
+    def run(crash_step: int | None, backup: bool) -> FineTuner | None:
+        torch.manual_seed(0)
+        x, y = make_images(96, 3, 16)
+        ft = FineTuner(TinyNet(num_classes=3), num_classes=3, pretrained=False, seed=0, device="cpu",
+                       image_size=16, strategy=strategy)  # fmt: skip
+        ft.compile(lr=1e-2)
+        cbs: list[Callback] = [BackupAndRestore(tmp_path / "backup", save_freq=2)] if backup else []
+
+        def maybe_crash(batch: int, logs: dict) -> None:
+            ctx = ft._run.ctx  # type: ignore[union-attr]
+            if ctx.epoch * ctx.steps_per_epoch + batch == crash_step:
+                raise Crash
+
+        cbs.append(LambdaCallback(on_train_batch_end=maybe_crash))
+        try:
+            ft.fit(x, y, epochs=6, batch_size=16, verbose=0, augment=False, callbacks=cbs)
+        except Crash:
+            return None
+        return ft
+
+    assert run(crash_step=3 * 6 + 3, backup=True) is None  # epoch 3, batch 3
+    resumed = run(crash_step=None, backup=True)
+    straight = run(crash_step=None, backup=False)
+    assert resumed is not None and straight is not None
+    assert _status(resumed) == (
+        "feature cache: off in epoch 3: resumed in the middle of the epoch, the rest of it ran uncached"
+    )  # and every group trains in epochs 4-5
+    assert "on in epochs 2, 3: the layers after 'stem'" in _status(straight)
+    for a, b in zip(_params(resumed), _params(straight), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_prefix_cache_under_bf16_autocast_and_channels_last_matches_uncached():
+    def run(cache: bool) -> FineTuner:
+        torch.manual_seed(0)
+        x, y = make_images(64, 3, 16)
+        ft = FineTuner(TinyNet(num_classes=3), num_classes=3, pretrained=False, seed=0, device="cpu",
+                       image_size=16, strategy=GradualUnfreeze(milestones={0: 2}))  # fmt: skip
+        ft.compile(lr=1e-2, precision="bf16", channels_last=True)
+        ft.fit(x, y, epochs=3, batch_size=16, verbose=0, augment=False, cache_features=cache)
+        return ft
+
+    cached, plain = run(True), run(False)
+    assert "on in epochs 0-2: the layers after 'stem'" in _status(cached)
+    for name in ("stage1.0.weight", "fc.weight"):
+        torch.testing.assert_close(
+            cached.model.state_dict()[name], plain.model.state_dict()[name], rtol=1e-2, atol=1e-3
+        )
+
+
+def test_with_ema_training_is_cached_and_validation_runs_the_ema_model():
+    def run(cache: bool) -> tuple[FineTuner, dict]:
+        torch.manual_seed(0)
+        x, y = make_images(96, 3, 16)
+        ft = FineTuner(TinyNet(num_classes=3), num_classes=3, pretrained=False, seed=0, device="cpu",
+                       image_size=16, strategy=GradualUnfreeze(milestones={0: 2}))  # fmt: skip
+        ft.compile(lr=1e-2, ema_decay=0.9)
+        h = ft.fit(x, y, epochs=3, batch_size=16, verbose=0, augment=False, cache_features=cache,
+                   validation_split=0.25)  # fmt: skip
+        return ft, h.history
+
+    (cached, h1), (plain, h2) = run(True), run(False)
+    assert "on in epochs 0-2" in _status(cached)
+    np.testing.assert_allclose(h1["val_loss"], h2["val_loss"], rtol=1e-5)
+    for a, b in zip(
+        cached.eval_model.state_dict().values(), plain.eval_model.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_lpft_probe_of_two_epochs_is_cached():
+    cached, _ = _fit(True, strategy=LPFT(probe_epochs=2), epochs=3)
+    plain, _ = _fit(False, strategy=LPFT(probe_epochs=2), epochs=3)
+    assert _status(cached).startswith("feature cache: on in epochs 0, 1: the head trained")
+    for a, b in zip(_params(cached), _params(plain), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
