@@ -7,7 +7,9 @@ Two cuts, tried in this order:
   parameter-free modules right before it (a torchvision classifier's ``Dropout``) and timm's functional
   head dropout. Smallest features: one vector per sample.
 - **prefix cut** (any plan whose bottom groups are frozen, e.g. GradualUnfreeze's later phases): cache
-  the *output* of the last frozen module that finishes before the first trainable module starts. The
+  the *output* of the last frozen module that finishes before the first trainable module starts (a
+  module with frozen parameters, or a parameter-free one outside every module that holds trainable
+  ones: a pooling that opens a trainable block's shortcut branch runs first but is not its input). The
   suffix is the whole model with every frozen module that ran before that point short-circuited: its
   ``forward`` returns a free placeholder (zeros expanded to the shape it returned), and the last one
   returns the cached tensor. The model's own ``forward`` runs unchanged, so this works for any
@@ -163,15 +165,24 @@ def prefix_cut(model: nn.Module, x: torch.Tensor, autocast: Callable[[], Abstrac
         raise NotExact("no trainable layer ran in the forward pass")
     done = {n for n, end in trace.end.items() if trace.calls[n] == 1 and end < first}
     outer = sorted((n for n in done if not any(a in done for a in _ancestors(n))), key=trace.end.__getitem__)
-    if not outer:
+    # The cut is a frozen layer, or a parameter-free module outside every trainable container: a pooling
+    # that opens a trainable block's shortcut branch (MaxViT) runs first but is not the block's input.
+    holders = {n for n, m in modules.items() if any(p.requires_grad for p in m.parameters())}
+    cuts = [n for n in outer if _has_params(modules[n]) or n.rpartition(".")[0] not in holders]
+    if not cuts:
         raise NotExact("no frozen layer runs before the first trainable one")
+    last = cuts[-1]
+    outer = [n for n in outer if trace.end[n] <= trace.end[last]]  # later ones run live on the cut
     for name in outer:
         if trace.spec[name] is None:
             raise NotExact(f"frozen module '{name}' returns a {trace.kind[name]}, not a tensor")
-    last = outer[-1]
     skipped = [(modules[n], trace.spec[n]) for n in outer[:-1]]
     suffix = PrefixSkip(model, skipped, modules[last], (x.shape[1:], x.dtype))  # type: ignore[arg-type]
     return Cut(modules[last], True, suffix, f"the layers after '{last}' trained on its cached outputs")
+
+
+def _has_params(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
 
 
 def _ancestors(name: str) -> Iterator[str]:

@@ -279,6 +279,8 @@ class FeatureCache:
             raise NotExact(f"the cut module ran {len(seen)} times in one forward pass")
         if not isinstance(seen[0], torch.Tensor):
             raise NotExact(f"the cut module sees a {type(seen[0]).__name__}, not a tensor")
+        if seen[0].ndim == 0 or seen[0].shape[0] != x.shape[0]:  # cached per sample, along dim 0
+            raise NotExact(f"the tensor at the cut has shape {tuple(seen[0].shape)}, not batch-first")
         return seen[0], out
 
     def _check(self, cut: Cut, x: torch.Tensor) -> None:
@@ -293,7 +295,7 @@ class FeatureCache:
                     "connection skips the cut, or the model post-processes the head's output)"
                 )
         params = [p for p in self.model.parameters() if p.requires_grad]
-        buffers = {k: b.clone() for k, b in self.model.named_buffers()}
+        buffers = [(b, b.clone()) for b in self.model.buffers()]
         try:
             self.model.train()
             self._set_frozen_norms(self._plan)
@@ -301,8 +303,10 @@ class FeatureCache:
             cut.suffix.train()
             self._set_frozen_norms(self._plan)
             out_suffix, grads_suffix = self._output_and_grads(cut.suffix, cached.clone(), params)
-        finally:
-            self.model.load_state_dict(buffers, strict=False)
+        finally:  # copied back in place: some models refuse load_state_dict without metadata (MNASNet)
+            with torch.no_grad():
+                for buffer, saved in buffers:
+                    buffer.copy_(saved)
             self.model.eval()
         same_grads = all(
             (a is None) == (b is None) and (a is None or _close(a, b))

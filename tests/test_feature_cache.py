@@ -409,3 +409,51 @@ def test_lpft_probe_of_two_epochs_is_cached():
     assert _status(cached).startswith("feature cache: on in epochs 0, 1: the head trained")
     for a, b in zip(_params(cached), _params(plain), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+class ShortcutBlock(nn.Module):
+    """Its parameter-free shortcut pooling runs before its first trainable layer (as in MaxViT's MBConv)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shortcut = nn.AvgPool2d(2)
+        self.conv = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shortcut(x) + self.conv(x)
+
+
+class ShortcutNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.block = ShortcutBlock()
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.block(self.stem(x)).mean(dim=(2, 3)))
+
+
+def test_the_cut_is_the_trainable_blocks_input_not_a_pooling_inside_it():
+    strategy = GradualUnfreeze(milestones={0: 2})
+    cached, _ = _fit(True, make=ShortcutNet, strategy=strategy, epochs=3)
+    plain, _ = _fit(False, make=ShortcutNet, strategy=strategy, epochs=3)
+    assert "on in epochs 0-2: the layers after 'stem' trained on its cached outputs" in _status(cached)
+    for a, b in zip(_params(cached), _params(plain), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_models_that_refuse_load_state_dict_without_metadata_still_cache():
+    """torchvision's MNASNet raises in load_state_dict without version metadata; the check restores the
+    BatchNorm buffers in place instead (this used to crash fit)."""
+
+    def make() -> nn.Module:
+        import torchvision
+
+        return torchvision.models.mnasnet0_5(num_classes=3)
+
+    cached, _ = _fit(True, make=make, size=32)
+    plain, _ = _fit(False, make=make, size=32)
+    assert "on in epochs 0, 1: the head trained" in _status(cached)
+    for a, b in zip(_params(cached), _params(plain), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
