@@ -1,12 +1,13 @@
-"""Sweep the frozen-prefix feature cache over many architectures: does it cut, is it exact, does it ever crash?
+"""Sweep the frozen-prefix feature cache over many architectures: does it cut, is it exact, can it crash?
 
 For each model of ``tests/backbones/sweep_table.json`` (every torchvision classifier and the smallest model
 of each timm family, at the smallest input size each accepts, at least ``--min-size``): two short fits with
 ``GradualUnfreeze(milestones={0: 3})`` (so the bottom groups stay frozen while the top two groups and the
 head train: the prefix cut), one with the cache and one without, same seed. Reports per model the cache
 status from ``summary()`` and the largest weight difference between the two runs, relative to the weight's
-scale; then counts: cached, off (with the reasons), crashed. A crash (an exception from ``fit``) is a bug:
-the cache must switch itself off instead.
+scale; then counts: cached, off (with the reasons), crashed. A model that cannot train uncached at that
+size is skipped; a crash of the cached run (an exception from ``fit``) is a bug: the cache must switch
+itself off instead.
 
     PYTHONPATH=. python benchmarks/cache_sweep.py                  # everything up to 60M parameters
     PYTHONPATH=. python benchmarks/cache_sweep.py --only resnet vit
@@ -48,10 +49,12 @@ def run(spec: str, size: int, cache: bool) -> tuple[dict[str, torch.Tensor], str
 
 
 def relative_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """Largest weight difference relative to the weight's scale, floored at 0.01: a bias whose gradient
+    is zero in theory (one right before a BatchNorm) is ~1e-11 of float noise in both runs."""
     worst = 0.0
     for name, value in a.items():
         if value.is_floating_point():
-            scale = max(float(value.abs().max()), 1e-12)
+            scale = max(float(value.abs().max()), 1e-2)
             worst = max(worst, float((value - b[name]).abs().max()) / scale)
     return worst
 
@@ -86,8 +89,13 @@ def main() -> None:
             if n_params > args.max_params:
                 counts["skipped (too many parameters)"] += 1
                 continue
-            cached, status = run(spec, size, cache=True)
             plain, _ = run(spec, size, cache=False)
+        except Exception as e:  # the model cannot train at this size: not the cache's business
+            counts["skipped (cannot train at this size)"] += 1
+            print(f"skip {spec}@{size}: {type(e).__name__}: {str(e)[:120]}")
+            continue
+        try:
+            cached, status = run(spec, size, cache=True)
         except Exception as e:  # a crash is what this sweep looks for
             counts["crashed"] += 1
             print(f"CRASH {spec}@{size}: {type(e).__name__}: {str(e)[:300]}")
@@ -97,7 +105,8 @@ def main() -> None:
         used = " on in " in status or status.startswith("feature cache: on")
         counts["cached" if used else "not cached"] += 1
         if not used:
-            reasons[re.sub(r"off in epochs? [\d, -]+: ", "", status.removeprefix("feature cache: "))[:90]] += 1
+            why = re.sub(r"off in epochs? [\d, -]+: ", "", status.removeprefix("feature cache: "))
+            reasons[why[:90]] += 1
         if used and diff > 1e-3:
             counts["cached but differs > 1e-3"] += 1
         print(f"{spec}@{size}: rel diff {diff:.1e}  {status[15:200]}", flush=True)

@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +50,7 @@ class Cut:
     on_output: bool
     suffix: nn.Module
     where: str  # summary(): what trained on what
+    pick: Callable[[Any], Any] = lambda out: out  # the tensor to cache, from what ``at`` returned
 
 
 class HeadSuffix(nn.Module):
@@ -100,41 +101,101 @@ def _timm_head_dropout(model: nn.Module) -> float:
 
 
 # ------------------------------------------------------------------------------------------ prefix cut
-Spec = tuple[torch.Size, torch.dtype]  # per-sample shape and dtype of a tensor
+class TensorSpec(NamedTuple):
+    """A batch-first tensor a skipped module returned: its per-sample shape and dtype."""
+
+    shape: torch.Size
+    dtype: torch.dtype
+
+
+class Const(NamedTuple):
+    """A non-tensor value a skipped module returned next to its tensors (e.g. MViT's feature-map size)."""
+
+    value: Any
+
+
+# What a skipped module returned: a tensor, a constant, or a tuple/list of those (nested).
+Spec = TensorSpec | Const | tuple[Any, ...] | list[Any]
+_CONSTANTS = (int, float, bool, str, type(None), torch.Size)
+
+
+def spec_of(out: Any, batch: int) -> Spec | None:
+    """``out``'s structure with its tensors as TensorSpecs, or None when it cannot be replayed (a tensor
+    that is not batch-first, an object). Constants are recorded as they are: the exactness check, on a
+    larger batch than the trace's, catches one that depended on the batch."""
+    if isinstance(out, torch.Tensor):
+        ok = out.ndim > 0 and out.shape[0] == batch
+        return TensorSpec(out.shape[1:], out.dtype) if ok else None
+    if isinstance(out, _CONSTANTS):
+        return Const(out)
+    if isinstance(out, (tuple, list)) and type(out) in (tuple, list):
+        items = [spec_of(o, batch) for o in out]
+        return None if any(i is None for i in items) else type(out)(items)
+    return None
+
+
+def n_tensors(spec: Spec) -> int:
+    if isinstance(spec, TensorSpec):
+        return 1
+    return 0 if isinstance(spec, Const) else sum(n_tensors(s) for s in spec)
+
+
+def pick_tensor(spec: Spec, out: Any) -> Any:
+    """The one tensor in ``out`` (structured as ``spec``, which has exactly one TensorSpec)."""
+    if isinstance(spec, TensorSpec):
+        return out
+    assert not isinstance(spec, Const)
+    return next(pick_tensor(s, o) for s, o in zip(spec, out, strict=True) if n_tensors(s))
+
+
+def with_tensor(spec: Spec, tensor: torch.Tensor) -> Any:
+    """``spec``'s structure with ``tensor`` in its one tensor's place and its constants as recorded."""
+    if isinstance(spec, TensorSpec):
+        return tensor
+    if isinstance(spec, Const):
+        return spec.value
+    return type(spec)(with_tensor(s, tensor) for s in spec)
+
+
+def placeholder(spec: Spec, n: int, device: torch.device) -> Any:
+    """A free stand-in with ``spec``'s structure: zeros expanded to ``n`` samples (no memory)."""
+    if isinstance(spec, TensorSpec):
+        return torch.zeros((), dtype=spec.dtype, device=device).expand(n, *spec.shape)
+    if isinstance(spec, Const):
+        return spec.value
+    return type(spec)(placeholder(s, n, device) for s in spec)
 
 
 class PrefixSkip(nn.Module):
     """The model with its frozen prefix short-circuited; called on a batch of cached prefix outputs.
 
-    ``skipped`` are the frozen modules that ran before the cut (outermost only), each with the per-sample
-    shape and dtype it returned; ``last`` is the one whose output was cached. Their ``forward`` is replaced
-    only for the duration of one call, so the model is untouched outside it.
+    ``skipped`` are the frozen modules that ran before the cut (outermost only), each with the structure
+    it returned; ``last`` is the one whose output was cached (its one tensor; ``last_spec`` is the whole
+    output, e.g. MViT's ``(x, feature_size)``). Their ``forward`` is replaced only for the duration of
+    one call, so the model is untouched outside it.
     """
 
     def __init__(self, model: nn.Module, skipped: Sequence[tuple[nn.Module, Spec]], last: nn.Module,
-                 input_spec: Spec) -> None:  # fmt: skip
+                 last_spec: Spec, input_spec: TensorSpec) -> None:  # fmt: skip
         super().__init__()
         self.model = model
         # Plain tuples: registering these as submodules would list the model's modules twice.
         self._skipped = tuple(skipped)
-        self._last = (last,)
+        self._last = (last, last_spec)
         self._input_spec = input_spec
 
     def forward(self, cached: torch.Tensor) -> torch.Tensor:
         n, device = cached.shape[0], cached.device
-
-        def placeholder(spec: Spec) -> torch.Tensor:  # expand: no memory, whatever the shape
-            return torch.zeros((), dtype=spec[1], device=device).expand(n, *spec[0])
-
-        outputs: list[tuple[nn.Module, Callable[[], torch.Tensor]]]
-        outputs = [(m, functools.partial(placeholder, spec)) for m, spec in self._skipped]
-        outputs.append((self._last[0], lambda: cached))
+        outputs: list[tuple[nn.Module, Callable[[], Any]]]
+        outputs = [(m, functools.partial(placeholder, spec, n, device)) for m, spec in self._skipped]
+        last, last_spec = self._last
+        outputs.append((last, lambda: with_tensor(last_spec, cached)))
         with _short_circuit(outputs):
-            return self.model(placeholder(self._input_spec))
+            return self.model(placeholder(self._input_spec, n, device))
 
 
 @contextmanager
-def _short_circuit(outputs: Sequence[tuple[nn.Module, Callable[[], torch.Tensor]]]) -> Iterator[None]:
+def _short_circuit(outputs: Sequence[tuple[nn.Module, Callable[[], Any]]]) -> Iterator[None]:
     """Each module's forward returns its given output instead of computing it, until the block ends."""
     saved = [(m, m.__dict__.get("forward")) for m, _ in outputs]
     for m, make in outputs:
@@ -153,6 +214,8 @@ def prefix_cut(model: nn.Module, x: torch.Tensor, autocast: Callable[[], Abstrac
     """Find the frozen prefix from one forward pass on ``x`` (a few samples, model in the mode the cache is
     built in). Raises NotExact when there is nothing to cut off or the cut cannot be replayed."""
     trace = _trace(model, x, autocast)
+    x_spec = spec_of(x, len(x))
+    assert isinstance(x_spec, TensorSpec)
     modules = dict(model.named_modules())
     owners = [n for n, m in modules.items() if any(p.requires_grad for p in m.parameters(recurse=False))]
     if "" in owners:
@@ -174,11 +237,15 @@ def prefix_cut(model: nn.Module, x: torch.Tensor, autocast: Callable[[], Abstrac
     last = cuts[-1]
     outer = [n for n in outer if trace.end[n] <= trace.end[last]]  # later ones run live on the cut
     for name in outer:
-        if trace.spec[name] is None:
-            raise NotExact(f"frozen module '{name}' returns a {trace.kind[name]}, not a tensor")
+        spec = trace.spec[name]
+        if spec is None or (name == last and n_tensors(spec) != 1):
+            raise NotExact(f"frozen module '{name}' returns a {trace.kind[name]} that cannot be replayed")
+    last_spec = trace.spec[last]
+    assert last_spec is not None
     skipped = [(modules[n], trace.spec[n]) for n in outer[:-1]]
-    suffix = PrefixSkip(model, skipped, modules[last], (x.shape[1:], x.dtype))  # type: ignore[arg-type]
-    return Cut(modules[last], True, suffix, f"the layers after '{last}' trained on its cached outputs")
+    suffix = PrefixSkip(model, skipped, modules[last], last_spec, x_spec)  # type: ignore[arg-type]
+    where = f"the layers after '{last}' trained on its cached outputs"
+    return Cut(modules[last], True, suffix, where, functools.partial(pick_tensor, last_spec))
 
 
 def _has_params(module: nn.Module) -> bool:
@@ -216,8 +283,7 @@ def _trace(model: nn.Module, x: torch.Tensor, autocast: Callable[[], AbstractCon
         def hook(_m: nn.Module, _args: Any, out: Any) -> None:
             trace.end[name] = next(tick)
             trace.calls[name] += 1
-            is_tensor = isinstance(out, torch.Tensor)
-            trace.spec[name] = (out.shape[1:], out.dtype) if is_tensor else None
+            trace.spec[name] = spec_of(out, len(x))
             trace.kind[name] = type(out).__name__
 
         return hook

@@ -457,3 +457,71 @@ def test_models_that_refuse_load_state_dict_without_metadata_still_cache():
     assert "on in epochs 0, 1: the head trained" in _status(cached)
     for a, b in zip(_params(cached), _params(plain), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+class SizedStem(nn.Module):
+    """Returns its features with their spatial size, as MViT's and Twins' patch embeddings do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        x = self.conv(x)
+        return x.flatten(2).transpose(1, 2), (x.shape[2], x.shape[3])
+
+
+class TokenNet(nn.Module):
+    """stem -> (tokens, size) -> mid (frozen in phase 2, also returns the size) -> top -> head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = SizedStem()
+        self.mid = nn.Linear(8, 8)
+        self.top = nn.Linear(8, 8)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens, (h, w) = self.stem(x)
+        grid = self.top(self.mid(tokens)).transpose(1, 2).reshape(-1, 8, h, w)
+        return self.fc(grid.mean(dim=(2, 3)))
+
+
+def test_a_frozen_module_returning_a_tuple_with_its_size_is_replayed():
+    """The cut module returns (tokens, (h, w)): the tokens are cached, the size is replayed as recorded."""
+    strategy = GradualUnfreeze(milestones={0: 3})  # stem frozen; mid, top and the head train
+    cached, _ = _fit(True, make=TokenNet, strategy=strategy, epochs=3)
+    plain, _ = _fit(False, make=TokenNet, strategy=strategy, epochs=3)
+    assert "on in epochs 0-2: the layers after 'stem' trained on its cached outputs (64x8 values" in _status(
+        cached
+    )
+    for a, b in zip(_params(cached), _params(plain), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+class CountingStem(SizedStem):
+    """Returns the batch size as a constant: replaying a recorded value would be wrong for other batches."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:  # type: ignore[override]
+        tokens, _ = super().forward(x)
+        return tokens, (len(x), 64)
+
+
+class CountingNet(TokenNet):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = CountingStem()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens, (n, hw) = self.stem(x)
+        grid = self.top(self.mid(tokens)).reshape(n, hw, 8)
+        return self.fc(grid.mean(dim=1))
+
+
+def test_a_recorded_value_that_depends_on_the_batch_size_switches_it_off():
+    strategy = GradualUnfreeze(milestones={0: 3})
+    cached, _ = _fit(True, make=CountingNet, strategy=strategy, epochs=3)
+    plain, _ = _fit(False, make=CountingNet, strategy=strategy, epochs=3)
+    assert _status(cached).startswith("feature cache: off in epochs 0-2: ")
+    for a, b in zip(_params(cached), _params(plain), strict=True):
+        assert torch.equal(a, b)
