@@ -148,22 +148,18 @@ def pick_tensor(spec: Spec, out: Any) -> Any:
     return next(pick_tensor(s, o) for s, o in zip(spec, out, strict=True) if n_tensors(s))
 
 
-def with_tensor(spec: Spec, tensor: torch.Tensor) -> Any:
-    """``spec``'s structure with ``tensor`` in its one tensor's place and its constants as recorded."""
+def rebuild(spec: Spec, tensor: Callable[[TensorSpec], torch.Tensor]) -> Any:
+    """``spec``'s structure with its constants as recorded and ``tensor(leaf)`` for each tensor."""
     if isinstance(spec, TensorSpec):
-        return tensor
+        return tensor(spec)
     if isinstance(spec, Const):
         return spec.value
-    return type(spec)(with_tensor(s, tensor) for s in spec)
+    return type(spec)(rebuild(s, tensor) for s in spec)
 
 
 def placeholder(spec: Spec, n: int, device: torch.device) -> Any:
     """A free stand-in with ``spec``'s structure: zeros expanded to ``n`` samples (no memory)."""
-    if isinstance(spec, TensorSpec):
-        return torch.zeros((), dtype=spec.dtype, device=device).expand(n, *spec.shape)
-    if isinstance(spec, Const):
-        return spec.value
-    return type(spec)(placeholder(s, n, device) for s in spec)
+    return rebuild(spec, lambda t: torch.zeros((), dtype=t.dtype, device=device).expand(n, *t.shape))
 
 
 class PrefixSkip(nn.Module):
@@ -189,7 +185,7 @@ class PrefixSkip(nn.Module):
         outputs: list[tuple[nn.Module, Callable[[], Any]]]
         outputs = [(m, functools.partial(placeholder, spec, n, device)) for m, spec in self._skipped]
         last, last_spec = self._last
-        outputs.append((last, lambda: with_tensor(last_spec, cached)))
+        outputs.append((last, lambda: rebuild(last_spec, lambda _t: cached)))
         with _short_circuit(outputs):
             return self.model(placeholder(self._input_spec, n, device))
 
