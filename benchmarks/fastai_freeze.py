@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
@@ -99,19 +98,6 @@ def worker(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(out))
 
 
-def _spawn(args: argparse.Namespace, mode: str) -> dict[str, Any]:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", mode]
-    for key in ("threads", "epochs", "n_train", "image_size", "batch_size", "lr", "seed"):
-        cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{mode} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    return json.loads(lines[-1][len("RESULT ") :])
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--worker", choices=MODES, default=None, help=argparse.SUPPRESS)
@@ -133,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
     for rep in range(args.repeats):
         for mode in MODES if rep % 2 == 0 else MODES[::-1]:
-            runs[mode].append(_spawn(args, mode))
+            runs[mode].append(performance.spawn_worker(__file__, args, mode))
             times = [round(t, 3) for t in runs[mode][-1]["epoch_times"]]
             print(f"repeat {rep + 1}/{args.repeats} {mode}: {times}", flush=True)
     med = statistics.median

@@ -211,11 +211,18 @@ def worker(args: argparse.Namespace) -> None:
 
 
 # -------------------------------------------------------------------------------------------- driver
-def _spawn(args: argparse.Namespace, mode: str) -> dict[str, Any]:
+ARGS = ("threads", "epochs", "gradual_epochs", "n_train", "image_size", "batch_size", "lr", "seed")
+
+
+def spawn_worker(
+    script: str, args: argparse.Namespace, mode: str, keys: tuple[str, ...] = ARGS
+) -> dict[str, Any]:
+    """Run ``script --worker mode`` in a fresh process (its own peak memory, no warm caches from other
+    runs) and return the JSON it prints after ``RESULT``."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", mode]
-    for key in ("threads", "epochs", "gradual_epochs", "n_train", "image_size", "batch_size", "lr", "seed"):
+    cmd = [sys.executable, os.path.abspath(script), "--worker", mode]
+    for key in keys:
         cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -336,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
     for rep in range(args.repeats):
         order = modes if rep % 2 == 0 else modes[::-1]  # alternate, so drift hits both sides alike
         for mode in order:
-            runs[mode].append(_spawn(args, mode))
+            runs[mode].append(spawn_worker(__file__, args, mode))
             last = runs[mode][-1]
             plain = [round(t, 3) for t in last.get("plain_epoch_times", [])]
             print(f"repeat {rep + 1}/{args.repeats} {mode}: {[round(t, 3) for t in last['epoch_times']]} "
