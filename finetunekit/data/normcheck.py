@@ -15,21 +15,11 @@ import warnings
 import torch
 
 from finetunekit.backbones.base import DataConfig
+from finetunekit.data.transforms import channel_stats
 
 SAMPLE = 256  # images looked at: enough for ranges, cheap for any data set size
 _MARGIN = 0.1  # fraction of the valid range tolerated outside it (noise augmentation, rounding)
 _WARNED: set[tuple[str, tuple[float, ...], tuple[float, ...]]] = set()
-
-
-def _per_channel(values: tuple[float, ...], in_chans: int) -> torch.Tensor:
-    """Mean/std for ``in_chans`` channels, the way the data pipeline maps them (avg / cycle)."""
-    if len(values) == in_chans:
-        out = list(values)
-    elif in_chans == 1:
-        out = [sum(values) / len(values)]
-    else:
-        out = [values[i % len(values)] for i in range(in_chans)]
-    return torch.tensor(out, dtype=torch.float32)
 
 
 def _fmt(t: torch.Tensor | tuple[float, ...]) -> str:
@@ -61,8 +51,8 @@ def warn_if_misnormalized(images: torch.Tensor, data_config: DataConfig, in_chan
     """Warn once per kind of mismatch and normalization if ``images`` contradict ``data_config``."""
     step = max(1, len(images) // SAMPLE)
     sample = images[::step][:SAMPLE].transpose(0, 1).reshape(images.shape[1], -1).float()
-    mean = _per_channel(tuple(data_config.mean), in_chans)
-    std = _per_channel(tuple(data_config.std), in_chans)
+    mean = channel_stats(tuple(data_config.mean), in_chans).flatten()  # the pipeline's own mapping
+    std = channel_stats(tuple(data_config.std), in_chans).flatten()
     lo, hi = -mean / std, (1 - mean) / std
     low, high = sample.min(dim=1).values, sample.max(dim=1).values
     kind = diagnose(low, high, lo, hi)

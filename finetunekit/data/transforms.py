@@ -25,7 +25,7 @@ _LUMA = (0.299, 0.587, 0.114)
 _CHANNEL_COUNTS = (1, 3, 4)
 
 
-def _channel_stats(values: tuple[float, ...], in_chans: int) -> torch.Tensor:
+def channel_stats(values: tuple[float, ...], in_chans: int) -> torch.Tensor:
     """Fit mean/std to ``in_chans``: one channel gets the average (RGB weights summed into one input
     conv), more channels cycle the given values (what timm's ``adapt_input_conv`` does to weights)."""
     if len(values) == in_chans:
@@ -72,8 +72,8 @@ class ImageTransform:
         self.in_chans = in_chans
         self.augment = augment
         self.size = (int(data_config.input_size[1]), int(data_config.input_size[2]))
-        std = _channel_stats(tuple(data_config.std), in_chans)
-        mean = _channel_stats(tuple(data_config.mean), in_chans)
+        std = channel_stats(tuple(data_config.std), in_chans)
+        mean = channel_stats(tuple(data_config.mean), in_chans)
         self._scale = 1.0 / (255.0 * std)
         self._shift = -mean / std
         self._augmenter: Any = None
