@@ -17,8 +17,10 @@ from pathlib import Path
 
 import torch
 
-from finetunekit import FineTuner, checkpoint, loop, nonfinite
-from finetunekit.train_state import FitRun, capture
+from finetunekit import FineTuner
+from finetunekit.saving import checkpoint
+from finetunekit.training import loop, nonfinite
+from finetunekit.training.train_state import FitRun, capture
 
 
 def time_steps(ctx: loop.TrainContext, x: torch.Tensor, y: torch.Tensor, n: int) -> float:

@@ -56,7 +56,7 @@ curve = ft.learning_curve(x, y, fractions=[0.25, 0.5, 1.0], validation_data=(x_v
 print(curve)
 
 try:
-    from finetunekit.plots import plot_history
+    from finetunekit.tools.plots import plot_history
 
     os.makedirs("failure_modes_plots", exist_ok=True)
     plot_history(history, path="failure_modes_plots/history.png")

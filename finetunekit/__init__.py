@@ -12,8 +12,8 @@ from finetunekit.errors import FineTuneKitError
 
 if TYPE_CHECKING:
     from finetunekit.backbones import list_backbones
-    from finetunekit.retention import L2SP
-    from finetunekit.selection import rank_backbones
+    from finetunekit.techniques import L2SP
+    from finetunekit.tools.selection import rank_backbones
     from finetunekit.tuner import FineTuner
 
 __all__ = ["L2SP", "FineTuneKitError", "FineTuner", "list_backbones", "rank_backbones"]
@@ -30,11 +30,11 @@ def __getattr__(name: str) -> Any:
 
         return list_backbones
     if name == "rank_backbones":
-        from finetunekit.selection import rank_backbones
+        from finetunekit.tools.selection import rank_backbones
 
         return rank_backbones
     if name == "L2SP":
-        from finetunekit.retention import L2SP
+        from finetunekit.techniques import L2SP
 
         return L2SP
     raise AttributeError(f"module 'finetunekit' has no attribute {name!r}")

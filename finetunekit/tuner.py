@@ -1,8 +1,8 @@
 """FineTuner: a pretrained backbone with a new head, trained Keras-style with a fine-tuning strategy.
 
 The object owns the model, its ordered layer groups, the strategy and (after ``compile``) the optimizer.
-``fit`` is the loop; how it runs each epoch lives in :mod:`finetunekit.fitting` (inherited), and what
-happens inside one epoch in :mod:`finetunekit.loop`.
+``fit`` is the loop; how it runs each epoch lives in :mod:`finetunekit.training.fitting` (inherited), and what
+happens inside one epoch in :mod:`finetunekit.training.loop`.
 """
 
 from __future__ import annotations
@@ -17,39 +17,40 @@ import numpy as np
 import torch
 from torch import nn
 
-from finetunekit import feature_cache, loop, nonfinite, preflight, saving
 from finetunekit.backbones import build_backbone, rebuild_backbone
 from finetunekit.backbones.base import Backbone, DataConfig
+from finetunekit.backbones.snapshot import backbone_state
 from finetunekit.callbacks import Callback, CallbackList, History
-from finetunekit.compile_config import CompileConfig, resolve_loss
-from finetunekit.determinism import deterministic_mode
 from finetunekit.distributed.failure import guard
-from finetunekit.distributed.run import run_for
 from finetunekit.errors import CheckpointError, ConfigError, NotCompiledError
-from finetunekit.fitting import FitMixin
 from finetunekit.metrics import check_metrics
-from finetunekit.optim import (
+from finetunekit.saving import model_folder as saving
+from finetunekit.schedules import get_schedule
+from finetunekit.strategies import Plan, Strategy, check_plan, resolve_strategy
+from finetunekit.strategies.apply import (
     apply_plan,
     build_param_groups,
     group_params,
     make_optimizer,
     norm_modules_by_group,
 )
-from finetunekit.regularization import learning_curve as _lc
-from finetunekit.regularization.gap import gap_line
-from finetunekit.regularization.mixing import check_mix_alpha
-from finetunekit.retention import wise
-from finetunekit.retention.snapshot import backbone_state
-from finetunekit.schedules import get_schedule
-from finetunekit.step import Stepper, WeightEMA, check_compute, make_ema
-from finetunekit.strategies import Plan, Strategy, check_plan, resolve_strategy
-from finetunekit.summary import format_summary
-from finetunekit.train_state import FitRun
-from finetunekit.tta import FlipTTA
+from finetunekit.techniques.gap import gap_line
+from finetunekit.techniques.mixing import check_mix_alpha
+from finetunekit.tools import learning_curve as _lc
+from finetunekit.tools import wise
+from finetunekit.tools.summary import format_summary
+from finetunekit.training import feature_cache, loop, nonfinite, preflight
+from finetunekit.training.compile_config import CompileConfig, resolve_loss
+from finetunekit.training.determinism import deterministic_mode
+from finetunekit.training.distributed import run_for
+from finetunekit.training.fitting import FitMixin
+from finetunekit.training.step import Stepper, WeightEMA, check_compute, make_ema
+from finetunekit.training.train_state import FitRun
+from finetunekit.training.tta import FlipTTA
 from finetunekit.validation import check_fit_args, check_positive_int, resolve_device
 
 if TYPE_CHECKING:
-    from finetunekit.lr_finder import LRFinderResult
+    from finetunekit.tools.lr_finder import LRFinderResult
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,7 @@ class FineTuner(FitMixin):
         now, frozen or not, so nothing is added mid-run (DESIGN decision 2). ``lr=2e-3`` with one-cycle
         is measured in benchmarks/strategies.py (docs/strategies.md): it beat 1e-3 and 3e-3.
         ``on_nonfinite``: what a NaN or infinite loss does, "raise", "skip" or "stop" (see
-        finetunekit.nonfinite).
+        finetunekit.training.nonfinite).
 
         Compute options (docs/performance.md): ``precision`` "32" | "bf16" | "16" (autocast; fp16 adds a
         GradScaler whose skipped steps ``amp_skipped_steps`` counts), ``channels_last``, ``compile_model``
@@ -440,8 +441,8 @@ class FineTuner(FitMixin):
                 num_steps: int = 100, batch_size: int = 32, **kwargs: Any) -> LRFinderResult:  # fmt: skip
         """fastai's LR range test under the epoch-0 plan; model, optimizer and RNGs are left exactly as
         they were. Returns the LR/loss curve and ``suggested_lr``; ``.plot()`` draws it. See
-        :func:`finetunekit.lr_finder.find_lr` for the other options."""
-        from finetunekit.lr_finder import find_lr
+        :func:`finetunekit.tools.lr_finder.find_lr` for the other options."""
+        from finetunekit.tools.lr_finder import find_lr
 
         return find_lr(self, x, y, start_lr=start_lr, end_lr=end_lr, num_steps=num_steps,
                        batch_size=batch_size, **kwargs)  # fmt: skip

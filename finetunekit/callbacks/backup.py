@@ -2,7 +2,8 @@
 
 Keras' BackupAndRestore resumes at the last epoch (or batch) boundary but reshuffles and re-draws
 augmentation, so the resumed run is a different run. Here a backup holds the whole training state
-(:mod:`finetunekit.train_state`): the same script started again continues exactly as if never stopped.
+(:mod:`finetunekit.training.train_state`): the same script started again continues exactly as if
+never stopped.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from finetunekit import checkpoint
 from finetunekit.callbacks.base import Callback, Logs
 from finetunekit.errors import CheckpointError, ConfigError
+from finetunekit.saving import checkpoint
 
 _PREFIX = "ckpt-"
 
@@ -64,7 +65,7 @@ class BackupAndRestore(Callback):
 
     def restore_fit(self) -> Any:
         """Restore the newest good backup into the running fit; None when there is none."""
-        from finetunekit.train_state import restore
+        from finetunekit.training.train_state import restore
 
         for folder in self.checkpoints():
             try:
@@ -79,7 +80,7 @@ class BackupAndRestore(Callback):
 
     # -- saving ----------------------------------------------------------------------------------------
     def on_train_begin(self, logs: Logs | None = None) -> None:
-        from finetunekit.loader_state import why_not_repositionable
+        from finetunekit.training.loader_state import why_not_repositionable
 
         self._batch_freq = self.save_freq if isinstance(self.save_freq, int) else None
         reason = why_not_repositionable(self.tuner._run.loader)
@@ -106,7 +107,7 @@ class BackupAndRestore(Callback):
             self._save(epoch + 1, 0)
 
     def on_train_end(self, logs: Logs | None = None) -> None:
-        from finetunekit.train_state import on_main_rank
+        from finetunekit.training.train_state import on_main_rank
 
         def delete() -> None:
             for folder in self.checkpoints():
@@ -117,7 +118,7 @@ class BackupAndRestore(Callback):
             on_main_rank(self.tuner, delete, "BackupAndRestore cleanup")
 
     def _save(self, epoch: int, step: int) -> None:
-        from finetunekit.train_state import capture, on_main_rank
+        from finetunekit.training.train_state import capture, on_main_rank
 
         def write() -> None:
             name = f"{_PREFIX}e{epoch:06d}-s{step:07d}"

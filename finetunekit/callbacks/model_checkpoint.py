@@ -8,13 +8,13 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from finetunekit import checkpoint
 from finetunekit.callbacks.backup import check_save_freq
 from finetunekit.callbacks.base import Callback, Logs
 from finetunekit.callbacks.early_stopping import _direction
 from finetunekit.callbacks.progbar import log_message
 from finetunekit.errors import ConfigError
-from finetunekit.saving import atomic_write_bytes, tensors_to_bytes
+from finetunekit.saving import checkpoint
+from finetunekit.saving.model_folder import atomic_write_bytes, tensors_to_bytes
 
 _MODES = ("auto", "min", "max")
 
@@ -111,14 +111,14 @@ class ModelCheckpoint(Callback):
                 f"ModelCheckpoint(filepath={self.filepath!r}) has a placeholder that cannot be filled "
                 f"({e!r}); expected {{epoch}}, {{batch}} or keys of the logs: {sorted(logs)}"
             ) from e
-        from finetunekit.train_state import on_main_rank
+        from finetunekit.training.train_state import on_main_rank
 
         on_main_rank(self.tuner, lambda: self._write(path, epoch, step), "ModelCheckpoint")
         if self.verbose > 0:
             log_message(f"Epoch {label}: saved checkpoint to {path}")
 
     def _write(self, path: str, epoch: int, step: int) -> None:
-        from finetunekit.train_state import capture, model_files
+        from finetunekit.training.train_state import capture, model_files
 
         if path.endswith(".safetensors"):
             try:

@@ -19,11 +19,11 @@ from typing import Any
 
 import torch
 
+from finetunekit.backbones.snapshot import pretrained_weights, relative_change
 from finetunekit.callbacks.base import Callback, Logs
 from finetunekit.data import make_loader
+from finetunekit.data.features import model_features
 from finetunekit.errors import ConfigError
-from finetunekit.retention.snapshot import pretrained_weights, relative_change
-from finetunekit.selection.features import model_features
 
 SIMILARITIES = ("cka", "cosine")
 

@@ -8,7 +8,7 @@ when no process group is initialized, so code that writes files can use them unc
     run_on_main(lambda: write_checkpoint(path))   # on every rank: rank 0 writes, all wait, errors spread
 
 The machinery fit uses (DDP wrapping, sharded loaders, failure handling) lives in
-:mod:`finetunekit.distributed.run` and :mod:`finetunekit.distributed.failure`.
+:mod:`finetunekit.training.distributed` and :mod:`finetunekit.distributed.failure`.
 """
 
 from finetunekit.distributed.collectives import (

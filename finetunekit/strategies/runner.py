@@ -1,12 +1,12 @@
 """Drive a strategy from your own training loop (plain PyTorch, Lightning, Accelerate) without ``fit``.
 
 :class:`StrategyRunner` is a thin front for the same functions ``FineTuner.fit`` uses
-(:func:`finetunekit.optim.build_param_groups`, ``apply_plan``, ``set_frozen_norms_to_eval``,
+(:func:`finetunekit.strategies.apply.build_param_groups`, ``apply_plan``, ``set_frozen_norms_to_eval``,
 ``write_lrs``), so a strategy behaves identically in and out of ``fit``: every group in the optimizer
 from the start, frozen groups' grads and optimizer state cleared, BN of frozen groups in eval mode,
 ``lr = base_lr * multiplier * group_scale`` written in one place.
 
-``finetunekit.optim`` is imported as a module (not its names) because it imports this package.
+``finetunekit.strategies.apply`` is imported as a module (not its names) because it imports this package.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from finetunekit import optim as _optim
 from finetunekit.errors import NotCompiledError
+from finetunekit.strategies import apply as _optim
 from finetunekit.strategies.base import Plan, Strategy, check_plan, resolve_strategy
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ import torch
 from helpers import TinyNet, make_images
 from safetensors.torch import load_file
 
-from finetunekit import FineTuner, checkpoint
+from finetunekit import FineTuner
 from finetunekit.callbacks import (
     BackupAndRestore,
     CSVLogger,
@@ -21,6 +21,7 @@ from finetunekit.callbacks import (
     ModelCheckpoint,
     ReduceLROnPlateau,
 )
+from finetunekit.saving import checkpoint
 from finetunekit.strategies import DiscriminativeLR
 
 X, Y = make_images(48, 3, 16, seed=3)

@@ -26,8 +26,9 @@ sys.path.insert(0, str(HERE.parent))  # tests/: helpers
 
 from helpers import TinyNet, make_images  # noqa: E402
 
-from finetunekit import FineTuner, distributed, saving  # noqa: E402
+from finetunekit import FineTuner, distributed  # noqa: E402
 from finetunekit.callbacks import BackupAndRestore, Callback, LambdaCallback  # noqa: E402
+from finetunekit.saving import model_folder as saving  # noqa: E402
 from finetunekit.strategies import GradualUnfreeze  # noqa: E402
 
 N_TRAIN, N_VAL, BATCH = 48, 21, 8  # 21 validation samples: not divisible by 2 ranks

@@ -13,9 +13,9 @@ from finetunekit.backbones.base import DataConfig
 from finetunekit.data import make_loader, prepare_data
 from finetunekit.distributed import collectives, env
 from finetunekit.distributed.failure import is_peer_failure
-from finetunekit.distributed.run import DistributedRun, _convert_sync_bn, run_for
 from finetunekit.errors import ConfigError, DistributedError
 from finetunekit.strategies import GradualUnfreeze
+from finetunekit.training.distributed import DistributedRun, _convert_sync_bn, run_for
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 

@@ -1,1 +1,0 @@
-"""Resisting overfitting: batch mixing (mixup/CutMix), the train/validation gap, learning curves."""

@@ -1,0 +1,6 @@
+"""What ``compile()`` turns on beside the optimizer: L2-SP (resisting forgetting), batch mixing
+(mixup / CutMix), the train/validation gap logs."""
+
+from finetunekit.techniques.l2sp import L2SP
+
+__all__ = ["L2SP"]

@@ -1,0 +1,3 @@
+"""Tools around a fit: LR range test, backbone ranking, WiSE-FT, learning curves, summaries and plots.
+
+Nothing is imported here: each tool is its own module (they import the tuner lazily)."""

@@ -1,0 +1,141 @@
+"""A training run that can be SIGKILLed at a chosen point, for the kill-and-resume tests.
+
+    python tests/resume_script.py STRATEGY BACKUP_DIR OUT [--kill step:N | write:K | val:E] [--reference]
+        [--backbone tiny | timm/<name>]
+
+Runs fit with BackupAndRestore(BACKUP_DIR, save_freq=4). ``--kill step:N`` kills the process after global
+batch N, ``write:K`` in the middle of its K-th checkpoint file write (half the bytes on disk),
+``val:E`` during the validation pass of epoch E. A run that finishes writes the final weights to
+OUT.safetensors and the history to OUT.json; ``--reference`` also trains an uninterrupted run with the same
+seed in this process (no callbacks) and writes it to OUT.ref.safetensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+torch.set_num_threads(1)
+
+from helpers import TinyNet, make_images  # noqa: E402
+
+from finetunekit import FineTuner  # noqa: E402
+from finetunekit.callbacks import BackupAndRestore, Callback  # noqa: E402
+from finetunekit.saving import checkpoint  # noqa: E402
+from finetunekit.strategies import (  # noqa: E402
+    LPFT,
+    DiscriminativeLR,
+    FrozenBackbone,
+    FullFineTune,
+    GradualUnfreeze,
+)
+
+STRATEGIES = {
+    "full": FullFineTune,
+    "frozen": FrozenBackbone,
+    "gradual": lambda: GradualUnfreeze(every=1),
+    "discriminative": lambda: DiscriminativeLR(0.5),
+    "lpft": lambda: LPFT(probe_epochs=1, finetune_scale=0.5),
+}
+EPOCHS, BATCH, SAVE_FREQ = 3, 8, 4
+
+
+def die() -> None:
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Killer(Callback):
+    def __init__(self, where: str, at: int) -> None:
+        super().__init__()
+        self.where, self.at = where, at
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        ctx = self.tuner._run.ctx
+        if self.where == "step" and ctx.epoch * ctx.steps_per_epoch + batch == self.at:
+            die()
+
+    def on_test_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        if self.where == "val" and self.tuner._run.ctx.epoch == self.at:
+            die()
+
+
+def kill_during_write(k: int) -> None:
+    """Make the k-th checkpoint file write stop halfway, the way a SIGKILL mid-write leaves it."""
+    real = checkpoint.atomic_write_bytes
+    calls = {"n": 0}
+
+    def write(path: str | os.PathLike[str], data: bytes) -> None:
+        calls["n"] += 1
+        if calls["n"] == k:
+            tmp = Path(path).with_name(f".{Path(path).name}.killed.tmp")
+            with open(tmp, "wb") as f:
+                f.write(data[: len(data) // 2])
+            die()
+        real(path, data)
+
+    checkpoint.atomic_write_bytes = write  # type: ignore[assignment]
+
+
+def build(strategy: str, backbone: str) -> FineTuner:
+    torch.manual_seed(0)
+    if backbone == "tiny":
+        return FineTuner(
+            TinyNet(num_classes=3), num_classes=3, seed=0, strategy=STRATEGIES[strategy](), device="cpu",
+            image_size=16,
+        )  # fmt: skip
+    return FineTuner(
+        backbone, num_classes=3, pretrained=False, seed=0, strategy=STRATEGIES[strategy](), device="cpu",
+        image_size=32,
+    )  # fmt: skip
+
+
+def train(strategy: str, backbone: str, callbacks: list[Callback]) -> FineTuner:
+    x, y = make_images(60, 3, 16 if backbone == "tiny" else 32, seed=0)
+    ft = build(strategy, backbone)
+    ft.compile(lr=1e-2, schedule="one_cycle")
+    ft.fit(x, y, batch_size=BATCH, epochs=EPOCHS, verbose=0, validation_split=0.2, callbacks=callbacks)
+    return ft
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("strategy", choices=sorted(STRATEGIES))
+    parser.add_argument("backup_dir")
+    parser.add_argument("out")
+    parser.add_argument("--kill", default=None)
+    parser.add_argument("--reference", action="store_true")
+    parser.add_argument("--backbone", default="tiny")
+    args = parser.parse_args()
+    callbacks: list[Callback] = [BackupAndRestore(args.backup_dir, save_freq=SAVE_FREQ)]
+    if args.kill:
+        where, at = args.kill.split(":")
+        if where == "write":
+            kill_during_write(int(at))
+        else:
+            callbacks.append(Killer(where, int(at)))
+    ft = train(args.strategy, args.backbone, callbacks)
+    assert ft.history is not None
+    save_file(ft.model.state_dict(), args.out + ".safetensors")
+    Path(args.out + ".json").write_text(
+        json.dumps({"history": ft.history.history, "epoch": ft.history.epoch})
+    )
+    if args.reference:
+        ref = train(args.strategy, args.backbone, [])
+        save_file(ref.model.state_dict(), args.out + ".ref.safetensors")
+        assert ref.history is not None
+        Path(args.out + ".ref.json").write_text(
+            json.dumps({"history": ref.history.history, "epoch": ref.history.epoch})
+        )
+
+
+if __name__ == "__main__":
+    main()
