@@ -1,8 +1,8 @@
 """FineTuner: a pretrained backbone with a new head, trained Keras-style with a fine-tuning strategy.
 
-The object owns the model, its ordered layer groups, the strategy and (after ``compile``) the optimizer.
-``fit`` is the loop; how it runs each epoch lives in :mod:`finetunekit.training.fitting` (inherited), and what
-happens inside one epoch in :mod:`finetunekit.training.loop`.
+The object owns the model, its ordered layer groups, the strategy and (after ``compile``) the optimizer
+and the EMA. ``fit`` builds a :class:`~finetunekit.training.trainer.Trainer` for that fit and drops it
+after; see docs/architecture.md for the layers and the flow of one fit.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from finetunekit.backbones import build_backbone, rebuild_backbone
 from finetunekit.backbones.base import Backbone, DataConfig
 from finetunekit.backbones.snapshot import backbone_state
 from finetunekit.callbacks import Callback, CallbackList, History
+from finetunekit.data import PreparedData, prepare_data, split_validation
 from finetunekit.distributed.failure import guard
 from finetunekit.errors import CheckpointError, ConfigError, NotCompiledError
 from finetunekit.metrics import check_metrics
@@ -33,6 +34,7 @@ from finetunekit.strategies.apply import (
     group_params,
     make_optimizer,
     norm_modules_by_group,
+    set_frozen_norms_to_eval,
 )
 from finetunekit.techniques.gap import gap_line
 from finetunekit.techniques.mixing import check_mix_alpha
@@ -43,9 +45,8 @@ from finetunekit.training import feature_cache, loop, nonfinite, preflight
 from finetunekit.training.compile_config import CompileConfig, resolve_loss
 from finetunekit.training.determinism import deterministic_mode
 from finetunekit.training.distributed import run_for
-from finetunekit.training.fitting import FitMixin
-from finetunekit.training.step import Stepper, WeightEMA, check_compute, make_ema
-from finetunekit.training.train_state import FitRun
+from finetunekit.training.step import check_compute, make_ema
+from finetunekit.training.trainer import FitOutcome, ModelView, Trainer
 from finetunekit.training.tta import FlipTTA
 from finetunekit.validation import check_fit_args, check_positive_int, resolve_device
 
@@ -71,8 +72,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class FineTuner(FitMixin):
-    """Fine-tune a timm / torchvision / custom backbone with a Keras-style API. See DESIGN.md."""
+class FineTuner:
+    """Fine-tune a timm / torchvision / custom backbone with a Keras-style API (docs/api.md)."""
 
     def __init__(
         self,
@@ -129,12 +130,11 @@ class FineTuner(FitMixin):
         self.optimizer: torch.optim.Optimizer | None = None
         self._compiled: CompileConfig | None = None
         self._planned_epochs: int | None = None
-        self._run: FitRun | None = None  # the fit in progress, for checkpointing callbacks
+        self._trainer: Trainer | None = None  # the fit in progress; dropped when it ends
+        self._last_fit: FitOutcome | None = None  # what summary() reports of the last fit
         self._params_by_group = group_params(self.model, built.groups)
         self._norms_by_group = norm_modules_by_group(self.model, built.groups)
-        self._ema: WeightEMA | None = None
-        self._feature_cache: feature_cache.FeatureCache | None = None
-        self._stepper: Stepper | None = None
+        self._ema: Any = None  # finetunekit.training.ema.WeightEMA when compile(ema_decay=...)
         # Starting point for L2-SP, WiSE-FT, RetentionMonitor, learning_curve: one CPU copy of the backbone.
         self._pretrained_state = backbone_state(self.model, built.head_path)
         self._wise_end: tuple[Any, dict[str, torch.Tensor]] | None = None
@@ -174,8 +174,8 @@ class FineTuner(FitMixin):
         if self._compiled is None:
             raise NotCompiledError("base_lr is set by compile(lr=...); call ft.compile() first")
         self._compiled.lr = float(value)
-        if self._run is not None:
-            self._run.ctx.base_lr = float(value)
+        if self._trainer is not None:
+            self._trainer.set_base_lr(float(value))
 
     # -------------------------------------------------------------------------------------- compile
     def compile(
@@ -197,6 +197,7 @@ class FineTuner(FitMixin):
         clip_grad_norm: float | None = None,
         clip_grad_value: float | None = None,
         ema_decay: float | None = None,
+        ema_warmup: bool = False,
         regularizer: Any = None,
         mixup: float = 0.0,
         cutmix: float = 0.0,
@@ -211,7 +212,8 @@ class FineTuner(FitMixin):
         GradScaler whose skipped steps ``amp_skipped_steps`` counts), ``channels_last``, ``compile_model``
         (torch.compile; eager with a warning when it cannot), ``accumulate_steps`` (one optimizer step per
         that many batches), ``clip_grad_norm`` / ``clip_grad_value``, ``ema_decay`` (an EMA of the weights,
-        used by validation, evaluate, predict and save).
+        used by validation, evaluate, predict and save; ``ema_warmup=True`` ramps its decay up as timm's
+        ModelEmaV3 does).
 
         ``regularizer=L2SP(alpha, beta)`` replaces weight decay (the optimizer's decoupled decay becomes 0
         for every group; see docs/failure_modes.md). ``mixup`` / ``cutmix`` are Beta concentrations
@@ -220,7 +222,7 @@ class FineTuner(FitMixin):
         given = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         nonfinite.check_policy(on_nonfinite)
         compute = check_compute(self.device, precision, channels_last, compile_model, accumulate_steps,
-                                clip_grad_norm, clip_grad_value, ema_decay)  # fmt: skip
+                                clip_grad_norm, clip_grad_value, ema_decay, ema_warmup)  # fmt: skip
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
             raise ConfigError(f"lr={lr!r} is invalid; expected a float > 0, e.g. 1e-3")
         if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or weight_decay < 0:
@@ -249,7 +251,8 @@ class FineTuner(FitMixin):
             mixup=float(mixup),
             cutmix=float(cutmix),
         )
-        self._ema = make_ema(self.model, compute.ema_decay) if compute.ema_decay else None
+        ema = compute.ema_decay
+        self._ema = make_ema(self.model, ema, compute.ema_warmup) if ema else None
         self._compile_kwargs = given  # learning_curve compiles its fresh copies the same way
         return self
 
@@ -307,22 +310,62 @@ class FineTuner(FitMixin):
             [*(callbacks or []), *dist.callbacks()], tuner=self, add_history=True,
             add_progbar=verbose != 0, verbose=verbose, epochs=epochs, steps=steps,
         )  # fmt: skip
-        restarts = self.strategy.schedule_restarts(len(self._backbone.groups))
-        self._stepper = Stepper(self._compiled.compute, self.model, self.device, self._ema)
         mixing = bool(self._compiled.mixup or self._compiled.cutmix)
         disabled = feature_cache.disabled_reason(cache_features, dist.active, mixing)
-        self._new_feature_cache(loader, train, val, disabled)
-        self._run = FitRun(None, cbs, loader, epochs, steps, restarts, dist)
-        self._use_schedule_phase(initial_epoch)
-        self._planned_epochs = epochs
-        self.stop_training = False
+        user_loader = train.loader is not None
+        reason = feature_cache.static_reason(loader, self.strategy.train_bn, disabled, user_loader)
+        trainer = Trainer(
+            owner=self, view=self._model_view(), optimizer=self.optimizer, compiled=self._compiled,
+            ema=self._ema, device=self.device, seed=self.seed, num_classes=self.num_classes,
+            model_config=self._model_config(), callbacks=cbs, loader=loader, val_loader=val_loader,
+            epochs=epochs, steps_per_epoch=steps, dist=dist, cache_reason=reason,
+            cache_validation=val is not None and val.loader is None and self._ema is None,
+        )  # fmt: skip
+        self._planned_epochs, self.stop_training, self._trainer = epochs, False, trainer
+        cbs.set_run(trainer)
         try:
             with deterministic_mode(deterministic):
-                self._fit_epochs(self._run, val_loader, initial_epoch)
+                trainer.fit(initial_epoch)
         finally:
-            self._run = None
+            self._trainer, self._last_fit = None, trainer.outcome()
+            cbs.set_run(None)
         self.history = cbs.history
         return cbs.history
+
+    def _model_view(self) -> ModelView:
+        """What a Trainer needs of the model: plans, layer-group params and norms, the head."""
+        n, norms, train_bn = len(self._backbone.groups), self._norms_by_group, self.strategy.train_bn
+        return ModelView(
+            model=self.model, plan=self.plan, apply_plan=self._apply_plan, norms_by_group=norms,
+            head_params=self._params_by_group[-1], head_path=self._backbone.head_path,
+            set_frozen_norms=lambda p: set_frozen_norms_to_eval(p, norms, train_bn),
+            train_bn=train_bn, restarts=self.strategy.schedule_restarts(n),
+        )  # fmt: skip
+
+    def _fit_data(
+        self, x: Any, y: Any, validation_split: float, validation_data: Any, augment: bool
+    ) -> tuple[PreparedData, PreparedData | None]:
+        train = self._prepare(x, y, augment=augment, what="x")
+        if self.class_names is None and train.class_names is not None:
+            self.class_names = list(train.class_names)
+        if validation_data is not None:
+            vx, vy = validation_data if isinstance(validation_data, tuple) else (validation_data, None)
+            return train, self._prepare(vx, vy, augment=False, what="validation_data")
+        if validation_split:  # [distributed] every rank must split alike, seed or not
+            return split_validation(train, validation_split, run_for(self).shared_seed(self.seed))
+        return train, None
+
+    def _prepare(
+        self, x: Any, y: Any, *, augment: bool, what: str, require_labels: bool = True
+    ) -> PreparedData:
+        if x is None:
+            raise ConfigError(
+                f"{what} is None; pass images (array, tensor, Dataset, DataLoader or folder path)"
+            )
+        return prepare_data(
+            x, y, data_config=self.data_config, in_chans=self.in_chans, augment=augment,
+            require_labels=require_labels, num_classes=self.num_classes, what=what,
+        )  # fmt: skip
 
     @property
     def eval_model(self) -> nn.Module:
@@ -332,7 +375,7 @@ class FineTuner(FitMixin):
     @property
     def amp_skipped_steps(self) -> int:
         """Optimizer steps the fp16 GradScaler skipped (inf/NaN gradients) in the last fit."""
-        return int(self._stepper.skipped_steps.item()) if self._stepper is not None else 0
+        return self._last_fit.amp_skipped_steps if self._last_fit is not None else 0
 
     def plan(self, epoch: int) -> Plan:
         """The strategy's plan for ``epoch``, checked."""
@@ -459,7 +502,8 @@ class FineTuner(FitMixin):
             self.spec, self.groups, plans, base_lr, self.strategy, self._norms_by_group,
             open_ended=not known, restarts=self.strategy.schedule_restarts(n_groups),
         )  # fmt: skip
-        text = f"{text}\nfeature cache: {feature_cache.cache_status(self._feature_cache)}"
+        status = self._last_fit.cache_status if self._last_fit is not None else feature_cache.DEFAULT_STATUS
+        text = f"{text}\nfeature cache: {status}"
         gaps = gap_line(self.history)
         return text if gaps is None else f"{text}\ntrain/validation gap, {gaps}"
 

@@ -7,7 +7,6 @@ syncs the host with the device per step: skipped fp16 steps are counted in a dev
 
 from __future__ import annotations
 
-import copy
 import logging
 import warnings
 from collections.abc import Callable
@@ -38,6 +37,7 @@ class ComputeConfig:
     clip_grad_norm: float | None = None
     clip_grad_value: float | None = None
     ema_decay: float | None = None
+    ema_warmup: bool = False  # timm's EMA warm-up: decay 1 - (1 + step) ** -2/3, capped at ema_decay
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -83,9 +83,10 @@ def check_compute(
     clip_grad_norm: Any = None,
     clip_grad_value: Any = None,
     ema_decay: Any = None,
+    ema_warmup: Any = False,
 ) -> ComputeConfig:
     """Validate compile()'s compute options before anything trains (DESIGN decision 7)."""
-    for name, flag in (("channels_last", channels_last),):
+    for name, flag in (("channels_last", channels_last), ("ema_warmup", ema_warmup)):
         if not isinstance(flag, bool):
             raise ConfigError(f"{name}={flag!r} is invalid; expected True or False")
     if not isinstance(compile_model, (bool, str)):
@@ -97,6 +98,8 @@ def check_compute(
         raise ConfigError(
             f"accumulate_steps={accumulate_steps!r} is invalid; expected an integer >= 1 (1: none)"
         )
+    if ema_warmup and ema_decay is None:
+        raise ConfigError("ema_warmup=True needs an EMA; pass ema_decay too, e.g. ema_decay=0.999")
     if ema_decay is not None and (
         isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float)) or not 0 < ema_decay < 1
     ):
@@ -111,39 +114,16 @@ def check_compute(
         clip_grad_norm=_optional_positive("clip_grad_norm", clip_grad_norm),
         clip_grad_value=_optional_positive("clip_grad_value", clip_grad_value),
         ema_decay=None if ema_decay is None else float(ema_decay),
+        ema_warmup=ema_warmup,
     )
 
 
-class WeightEMA:
-    """An exponential moving average of the weights (and float buffers, e.g. BN statistics).
+def make_ema(model: nn.Module, decay: float, warmup: bool = False) -> Any:
+    """An exponential moving average of ``model``'s weights, updated after each optimizer step
+    (:class:`finetunekit.training.ema.WeightEMA`; imported here lazily because it builds on timm)."""
+    from finetunekit.training.ema import WeightEMA
 
-    Like ``torch.optim.swa_utils.AveragedModel`` with an EMA average, but each update lerps only the
-    parameters that train (one foreach call): a frozen parameter equals its average already, so with a
-    frozen backbone the update costs the head's size, not the model's.
-    """
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.decay = decay
-        self.module = copy.deepcopy(model)
-        self.module.requires_grad_(False)
-        self._pairs = list(zip(self.module.parameters(), model.parameters(), strict=True))
-        self._buffers = [
-            (e, b)
-            for e, b in zip(self.module.buffers(), model.buffers(), strict=True)
-            if e.is_floating_point()
-        ]
-
-    @torch.no_grad()
-    def update(self) -> None:
-        weight = 1.0 - self.decay
-        for pairs in ([(e, p) for e, p in self._pairs if p.requires_grad], self._buffers):
-            if pairs:
-                torch._foreach_lerp_([e for e, _ in pairs], [v.detach() for _, v in pairs], weight)
-
-
-def make_ema(model: nn.Module, decay: float) -> WeightEMA:
-    """An exponential moving average of ``model``'s weights, updated after each optimizer step."""
-    return WeightEMA(model, decay)
+    return WeightEMA(model, decay, warmup=warmup)
 
 
 class Stepper:
@@ -158,16 +138,17 @@ class Stepper:
         config: ComputeConfig,
         model: nn.Module,
         device: torch.device,
-        ema: WeightEMA | None = None,
+        ema: Any = None,
     ) -> None:
         self.config = config
         self.model = model
         self.device = device
         self.ema = ema
         self.scaler = torch.amp.GradScaler(device.type) if config.precision == "16" else None
-        self.skipped_steps = torch.zeros((), dtype=torch.int64, device=device)
+        self.skipped_steps = 0  # optimizer steps the fp16 GradScaler skipped (inf/NaN gradients)
         self.last_grad_norm: torch.Tensor | None = None
-        self._micro = 0
+        self.pending = False  # True while an accumulation window has gradients but no step yet
+        self._last_scale = self.scaler.get_scale() if self.scaler is not None else None
         self._forward: Any = None
         if config.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -215,19 +196,19 @@ class Stepper:
         self,
         loss: torch.Tensor,
         optimizer: torch.optim.Optimizer,
+        index: int,
         steps_per_epoch: int,
         guarded_step: Callable[[], bool] | None = None,
     ) -> bool | None:
-        """Backward for one micro-batch; an optimizer step when its accumulation window is complete (or
-        the epoch ends). The loss is divided by the window's size, so grads are the window's mean.
+        """Backward for micro-batch ``index`` of the epoch; an optimizer step when its accumulation
+        window is complete (or the epoch ends). Windows are ``[0, k), [k, 2k), ...`` of the epoch's batch
+        index, so the position comes from the loop's own count and a resumed run steps where the
+        uninterrupted one did. The loss is divided by the window's size: grads are the window's mean.
 
         ``guarded_step`` (the non-finite loss guard, finetunekit.training.nonfinite) replaces
-        ``optimizer.step()``
-        in fp32/bf16; with fp16 the GradScaler skips non-finite steps itself. Returns None mid-window, else
-        whether the step was applied."""
+        ``optimizer.step()`` in fp32/bf16; with fp16 the GradScaler skips non-finite steps itself.
+        Returns None mid-window, else whether the step was applied."""
         k = self.config.accumulate_steps
-        index = self._micro % steps_per_epoch  # position in the epoch
-        self._micro += 1
         start = index - index % k
         window = min(k, steps_per_epoch - start)
         if index == start:
@@ -235,7 +216,9 @@ class Stepper:
         scaled = loss / window if window > 1 else loss
         (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
         if index + 1 - start < window:
+            self.pending = True
             return None
+        self.pending = False
         self._clip(optimizer)
         applied = self._optimizer_step(optimizer, guarded_step)
         if self.ema is not None and applied:
@@ -262,11 +245,35 @@ class Stepper:
                 return guarded_step()
             optimizer.step()
             return True
-        before = getattr(self.scaler, "_scale", None)
-        before = before.clone() if isinstance(before, torch.Tensor) else None
         self.scaler.step(optimizer)
         self.scaler.update()
-        after = getattr(self.scaler, "_scale", None)
-        if before is not None and isinstance(after, torch.Tensor):  # the scale drops exactly on a skip
-            self.skipped_steps += (after < before).to(self.skipped_steps.device, torch.int64).sum()
+        scale = self.scaler.get_scale()  # the scale drops exactly on a skipped step
+        if self._last_scale is not None and scale < self._last_scale:
+            self.skipped_steps += 1
+        self._last_scale = scale
         return True
+
+    # -- resumable state (registered by the fit, see finetunekit.training.parts) ----------------------
+    def scaler_state(self) -> dict[str, Any]:
+        """The GradScaler's public state and the skip count."""
+        scaler = self.scaler.state_dict() if self.scaler is not None else {}
+        return {"scaler": scaler, "skipped": self.skipped_steps, "last_scale": self._last_scale}
+
+    def load_scaler_state(self, state: Any) -> None:
+        if self.scaler is not None and state["scaler"]:
+            self.scaler.load_state_dict(dict(state["scaler"]))
+        self.skipped_steps = int(state["skipped"])
+        self._last_scale = state["last_scale"]
+
+    def accumulation_state(self) -> dict[str, Any]:
+        """The gradients of an unfinished accumulation window, by parameter name (empty between windows)."""
+        if not self.pending:
+            return {"pending": False, "grads": {}}
+        grads = {n: p.grad for n, p in self.model.named_parameters() if p.grad is not None}
+        return {"pending": True, "grads": grads}
+
+    def load_accumulation_state(self, state: Any) -> None:
+        self.pending = bool(state["pending"])
+        grads = state["grads"]
+        for name, p in self.model.named_parameters():
+            p.grad = grads[name].to(p.device, p.dtype).clone() if name in grads else None
