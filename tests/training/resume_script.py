@@ -113,7 +113,7 @@ def train(strategy: str, backbone: str, callbacks: list[Callback], options: dict
 
 def write(ft: FineTuner, out: str) -> None:
     weights = {k: v.contiguous() for k, v in ft.eval_model.state_dict().items()}
-    weights.update({f"raw.{k}": v.clone() for k, v in ft.model.state_dict().items()})
+    weights.update({f"raw.{k}": v.contiguous().clone() for k, v in ft.model.state_dict().items()})
     save_file(weights, out + ".safetensors")
     assert ft.history is not None
     Path(out + ".json").write_text(json.dumps({"history": ft.history.history, "epoch": ft.history.epoch}))
