@@ -100,10 +100,12 @@ class DistributedRun:
     @staticmethod
     def set_epoch(loader: Any, epoch: int) -> None:
         """``sampler.set_epoch``: the shuffle of epoch e is ``randperm`` seeded ``seed + e``, with or
-        without DDP, and for a user's DataLoader with a DistributedSampler too."""
-        set_epoch = getattr(getattr(loader, "sampler", None), "set_epoch", None)
-        if callable(set_epoch):
-            set_epoch(epoch)
+        without DDP, and for a user's DataLoader with a DistributedSampler too; ``dataset.set_epoch``:
+        augmentation of sample i in epoch e is seeded by (seed, e, i) (finetunekit.data.loaders)."""
+        for owner in (getattr(loader, "sampler", None), getattr(loader, "dataset", None)):
+            set_epoch = getattr(owner, "set_epoch", None)  # the dataset's: per-sample augmentation seeds
+            if callable(set_epoch):
+                set_epoch(epoch)
 
     def seed_ranks(self, seed: int | None) -> None:
         """Give each rank its own stream for augmentation and dropout (``seed + rank``); with one

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from finetunekit.data.loaders import PerSampleSeeded
 from finetunekit.strategies import Plan
 from finetunekit.training.cache_cuts import Cut, NotExact, head_cut, prefix_cut
 
@@ -47,7 +48,7 @@ Key = tuple[bool, ...]  # which groups are frozen: a cache is valid while this s
 
 
 def _base_dataset(dataset: Any) -> Any:
-    while isinstance(dataset, Subset):
+    while isinstance(dataset, (Subset, PerSampleSeeded)):
         dataset = dataset.dataset
     return dataset
 

@@ -1,7 +1,7 @@
 """A training run that can be SIGKILLed at a chosen point, for the kill-and-resume tests.
 
     python tests/resume_script.py STRATEGY BACKUP_DIR OUT [--kill step:N | write:K | val:E] [--reference]
-        [--backbone tiny | timm/<name>] [--compile JSON] [--save-freq N]
+        [--backbone tiny | timm/<name>] [--compile JSON] [--save-freq N] [--workers N]
 
 Runs fit with BackupAndRestore(BACKUP_DIR, save_freq=4). ``--kill step:N`` kills the process after global
 batch N, ``write:K`` in the middle of its K-th checkpoint file write (half the bytes on disk),
@@ -100,14 +100,17 @@ def build(strategy: str, backbone: str) -> FineTuner:
     )  # fmt: skip
 
 
-def train(strategy: str, backbone: str, callbacks: list[Callback], options: dict) -> FineTuner:
+def train(
+    strategy: str, backbone: str, callbacks: list[Callback], options: dict, workers: int = 0
+) -> FineTuner:
     x, y = make_images(60, 3, 16 if backbone == "tiny" else 32, seed=0)
     ft = build(strategy, backbone)
     options = dict(options)
     if options.pop("l2sp", False):
         options["regularizer"] = L2SP(0.01, 0.01)
     ft.compile(lr=1e-2, schedule="one_cycle", **options)
-    ft.fit(x, y, batch_size=BATCH, epochs=EPOCHS, verbose=0, validation_split=0.2, callbacks=callbacks)
+    ft.fit(x, y, batch_size=BATCH, epochs=EPOCHS, verbose=0, validation_split=0.2, callbacks=callbacks,
+           num_workers=workers)  # fmt: skip
     return ft
 
 
@@ -129,6 +132,7 @@ def main() -> None:
     parser.add_argument("--backbone", default="tiny")
     parser.add_argument("--compile", default="{}")
     parser.add_argument("--save-freq", type=int, default=SAVE_FREQ)
+    parser.add_argument("--workers", type=int, default=0)
     args = parser.parse_args()
     options = json.loads(args.compile)
     callbacks: list[Callback] = [BackupAndRestore(args.backup_dir, save_freq=args.save_freq)]
@@ -138,8 +142,8 @@ def main() -> None:
             kill_during_write(int(at))
         else:
             callbacks.append(Killer(where, int(at)))
-    write(train(args.strategy, args.backbone, callbacks, options), args.out)
-    if args.reference:
+    write(train(args.strategy, args.backbone, callbacks, options, args.workers), args.out)
+    if args.reference:  # in-process loading: workers must not change a single bit
         write(train(args.strategy, args.backbone, [], options), args.out + ".ref")
 
 

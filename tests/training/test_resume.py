@@ -119,3 +119,10 @@ def test_compile_option_matrix(tmp_path: Path, options: dict, kills: list[str]) 
 def test_every_option_with_epoch_end_backups(tmp_path: Path) -> None:
     _scenario(tmp_path, "lpft", ["step:7", "step:13"], "tiny", "--compile", json.dumps(ALL_OPTIONS),
               "--save-freq", "6")  # fmt: skip
+
+
+@pytest.mark.slow
+def test_augmented_fit_with_workers_resumes_bitwise_and_equals_in_process_loading(tmp_path: Path) -> None:
+    # fit's default augmentation, 2 DataLoader workers in the killed and the resumed run; the reference
+    # loads in-process. Killed mid-epoch (step 9: backup at 8) and in the middle of a backup write.
+    _scenario(tmp_path, "full", ["step:9", "write:4"], "tiny", "--workers", "2")

@@ -70,8 +70,9 @@ def test_every_part_is_registered_once_and_round_trips_after_training_moved_it()
     _fit([check, EarlyStopping(monitor="loss", patience=3)], ema_decay=0.9, mixup=0.4, cutmix=1.0,
          accumulate_steps=4, regularizer=L2SP(), clip_grad_norm=1.0)  # fmt: skip
     assert check.names == EVERY_PART
-    # training moved what changes within an epoch (mixing: a seed; loader: drawn at the epoch start)
-    assert set(check.moved) >= {"model", "optimizer", "loop", "stepper", "ema", "rng"}
+    # training moved what changes within an epoch (mixing: a seed; loader: drawn at the epoch start; rng:
+    # TinyNet has no dropout and augmentation is seeded per sample, so nothing draws from the global RNG)
+    assert set(check.moved) >= {"model", "optimizer", "loop", "stepper", "ema"}
 
 
 def test_registry_refuses_a_part_twice_and_objects_without_state() -> None:
