@@ -43,6 +43,7 @@ from finetunekit.tools import wise
 from finetunekit.tools.summary import format_summary
 from finetunekit.training import feature_cache, loop, nonfinite, preflight
 from finetunekit.training.compile_config import CompileConfig, resolve_loss
+from finetunekit.training.compute import Compute, ComputeConfig
 from finetunekit.training.determinism import deterministic_mode
 from finetunekit.training.distributed import run_for
 from finetunekit.training.step import check_compute, make_ema
@@ -135,6 +136,7 @@ class FineTuner:
         self._params_by_group = group_params(self.model, built.groups)
         self._norms_by_group = norm_modules_by_group(self.model, built.groups)
         self._ema: Any = None  # finetunekit.training.ema.WeightEMA when compile(ema_decay=...)
+        self._compute: Compute | None = None  # the one forward path, set by compile()
         # Starting point for L2-SP, WiSE-FT, RetentionMonitor, learning_curve: one CPU copy of the backbone.
         self._pretrained_state = backbone_state(self.model, built.head_path)
         self._wise_end: tuple[Any, dict[str, torch.Tensor]] | None = None
@@ -251,6 +253,7 @@ class FineTuner:
             mixup=float(mixup),
             cutmix=float(cutmix),
         )
+        self._compute = Compute(compute, self.model, self.device)  # every forward pass goes through it
         ema = compute.ema_decay
         self._ema = make_ema(self.model, ema, compute.ema_warmup) if ema else None
         self._compile_kwargs = given  # learning_curve compiles its fresh copies the same way
@@ -316,9 +319,9 @@ class FineTuner:
         reason = feature_cache.static_reason(loader, self.strategy.train_bn, disabled, user_loader)
         trainer = Trainer(
             owner=self, view=self._model_view(), optimizer=self.optimizer, compiled=self._compiled,
-            ema=self._ema, device=self.device, seed=self.seed, num_classes=self.num_classes,
-            model_config=self._model_config(), callbacks=cbs, loader=loader, val_loader=val_loader,
-            epochs=epochs, steps_per_epoch=steps, dist=dist, cache_reason=reason,
+            compute=self._compute_path(), ema=self._ema, device=self.device, seed=self.seed,
+            num_classes=self.num_classes, model_config=self._model_config(), callbacks=cbs, loader=loader,
+            val_loader=val_loader, epochs=epochs, steps_per_epoch=steps, dist=dist, cache_reason=reason,
             cache_validation=val is not None and val.loader is None and self._ema is None,
         )  # fmt: skip
         self._planned_epochs, self.stop_training, self._trainer = epochs, False, trainer
@@ -367,6 +370,12 @@ class FineTuner:
             require_labels=require_labels, num_classes=self.num_classes, what=what,
         )  # fmt: skip
 
+    def _compute_path(self) -> Compute:
+        """compile()'s Compute (precision, channels_last, compiled forward); eager fp32 before compile."""
+        if self._compute is None:
+            self._compute = Compute(ComputeConfig(), self.model, self.device)
+        return self._compute
+
     @property
     def eval_model(self) -> nn.Module:
         """What validation, evaluate, predict and save use: the EMA of the weights when on, else the model."""
@@ -408,7 +417,7 @@ class FineTuner:
         model = FlipTTA(self.eval_model) if tta else self.eval_model
         return loop.evaluate_loader(
             model, loader, self._compiled.loss_fn, self._compiled.metrics, self.device, cbs,
-            sync_metrics=dist.active,
+            sync_metrics=dist.active, compute=self._compute_path(),
         )  # fmt: skip
 
     @guard  # [distributed]
@@ -421,9 +430,8 @@ class FineTuner:
         dist = run_for(self)  # [distributed] each rank predicts its shard; gathered in input order
         loader = dist.eval_loader(data, batch_size)
         model = FlipTTA(self.eval_model) if tta else self.eval_model
-        probs = loop.predict_loader(
-            model, loader, self.device, CallbackList(list(callbacks or []), tuner=self)
-        )
+        cbs = CallbackList(list(callbacks or []), tuner=self)
+        probs = loop.predict_loader(model, loader, self.device, cbs, compute=self._compute_path())
         return dist.gather_rows(probs.reshape(-1, self.num_classes), data)
 
     # ------------------------------------------------------------------------------------ save/load

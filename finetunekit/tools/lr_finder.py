@@ -33,8 +33,6 @@ from finetunekit.training.step import Stepper
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from finetunekit.tuner import FineTuner
-
 SUGGESTIONS = ("valley", "steep", "minimum")
 
 
@@ -207,7 +205,7 @@ def _check_args(
 
 
 def find_lr(
-    ft: FineTuner,
+    ft: Any,
     x: Any,
     y: Any = None,
     *,
@@ -281,7 +279,7 @@ def _batches(loader: Any) -> Iterator[Any]:
             raise ConfigError("find_lr got no batches: the data is empty")
 
 
-def _sweep(ft: FineTuner, loader: Any, lrs: list[float], smoother: _Smoother) -> None:
+def _sweep(ft: Any, loader: Any, lrs: list[float], smoother: _Smoother) -> None:
     """One optimizer step per LR under the strategy's epoch-0 plan (frozen groups stay frozen), through
     the fit's compute path (precision, channels_last, compiled forward) but never the EMA: the weights
     that evaluate, predict and save use are not touched."""
@@ -292,7 +290,8 @@ def _sweep(ft: FineTuner, loader: Any, lrs: list[float], smoother: _Smoother) ->
     cfg = StepConfig(
         optimizer=ft.optimizer, loss_fn=ft._compiled.loss_fn, schedule=constant(), metrics=[],
         device=ft.device, steps_per_epoch=len(lrs), total_steps=len(lrs), train_bn=ft.strategy.train_bn,
-        stepper=Stepper(compute, ft.model, ft.device, ema=None), norms_by_group=ft._norms_by_group,
+        stepper=Stepper(compute, ft.model, ft.device, ema=None, compute=ft._compute_path()),
+        norms_by_group=ft._norms_by_group,
     )  # fmt: skip
     # A diverging loss ends the sweep (the smoother sees it), never an error.
     state = LoopState(model=ft.model, base_lr=lrs[0], nonfinite="stop")

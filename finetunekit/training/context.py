@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -60,3 +60,31 @@ class LoopState:
     step_applied: bool = True  # False after a step skipped for a non-finite loss
     nonfinite_state: dict[str, torch.Tensor] | None = None
     buffer_backup: list[torch.Tensor] | None = None
+
+
+class FitParts(Protocol):
+    """What checkpointing (finetunekit.training.parts and train_state) reads of the fit in progress:
+    the :class:`~finetunekit.training.trainer.Trainer` provides it."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    ema: Any
+    mixer: Any
+    callbacks: Any
+    loader: Any
+    loop: LoopState
+    stepper: Any
+    state: Any  # finetunekit.training.state.TrainingState
+    saved_generator: torch.Tensor | None
+    model_config: dict[str, Any]
+    steps_per_epoch: int
+    epochs: int
+
+    @property
+    def step_config(self) -> StepConfig: ...
+
+    def set_base_lr(self, value: float) -> None: ...
+
+    def use_schedule_phase(self, epoch: int) -> None: ...
+
+    def measured_weights(self) -> dict[str, Any]: ...

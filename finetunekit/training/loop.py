@@ -16,6 +16,7 @@ from finetunekit.metrics import MetricTracker
 from finetunekit.strategies import Plan
 from finetunekit.strategies.apply import set_frozen_norms_to_eval, write_lrs
 from finetunekit.training import nonfinite
+from finetunekit.training.compute import Compute
 from finetunekit.training.context import LoopState, StepConfig
 
 LOG_EVERY = 10  # batch logs are synced from the device every this many steps...
@@ -125,9 +126,11 @@ def evaluate_loader(
     device: torch.device,
     callbacks: CallbackList,
     sync_metrics: bool = False,
+    compute: Compute | None = None,
 ) -> dict[str, float]:
     """Mean loss and metrics over a labelled loader, in eval mode; restores the model's mode after.
-    ``sync_metrics``: sums and counts are added over DDP ranks, which each evaluated their own shard."""
+    ``sync_metrics``: sums and counts are added over DDP ranks, which each evaluated their own shard.
+    ``compute``: the fit's precision / memory format / compiled forward (finetunekit.training.compute)."""
     was_training = model.training
     model.eval()
     tracker = MetricTracker(metrics, device)
@@ -135,8 +138,8 @@ def evaluate_loader(
     for step, batch in enumerate(loader):
         callbacks.on_test_batch_begin(step)
         x, y = to_device(batch, device)
-        logits = model(x)
-        tracker.update(loss_fn(logits, y), logits, y)
+        logits = compute(model, x) if compute is not None else model(x)
+        tracker.update(loss_fn(logits.float(), y), logits, y)
         callbacks.on_test_batch_end(step)
     if sync_metrics:  # [distributed]
         tracker.all_reduce()
@@ -148,9 +151,13 @@ def evaluate_loader(
 
 @torch.no_grad()
 def predict_loader(
-    model: nn.Module, loader: Iterable[Any], device: torch.device, callbacks: CallbackList
+    model: nn.Module,
+    loader: Iterable[Any],
+    device: torch.device,
+    callbacks: CallbackList,
+    compute: Compute | None = None,
 ) -> np.ndarray:
-    """Softmax probabilities for every sample, in loader order."""
+    """Softmax probabilities for every sample, in loader order (forward passes through ``compute``)."""
     was_training = model.training
     model.eval()
     callbacks.on_predict_begin()
@@ -158,7 +165,8 @@ def predict_loader(
     for step, batch in enumerate(loader):
         callbacks.on_predict_batch_begin(step)
         x, _ = to_device(batch, device)
-        chunks.append(torch.softmax(model(x).float(), dim=1).cpu())
+        logits = compute(model, x) if compute is not None else model(x)
+        chunks.append(torch.softmax(logits.float(), dim=1).cpu())
         callbacks.on_predict_batch_end(step)
     callbacks.on_predict_end()
     model.train(was_training)

@@ -9,7 +9,7 @@ through the trainer, so a new cycle's objects are always the ones saved.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,10 +18,8 @@ from finetunekit.errors import CheckpointError
 from finetunekit.metrics import MetricTracker
 from finetunekit.saving import flat_state
 from finetunekit.training import loader_state
+from finetunekit.training.context import FitParts
 from finetunekit.training.state import TrainingState
-
-if TYPE_CHECKING:
-    from finetunekit.training.trainer import Trainer
 
 
 class ModelPart:
@@ -60,7 +58,7 @@ class SchedulePart:
     """The base LR (ReduceLROnPlateau changes it) and a torch scheduler's own state. The position itself
     is the loop's (epoch, step): built-in schedules are functions of it."""
 
-    def __init__(self, trainer: Trainer) -> None:
+    def __init__(self, trainer: FitParts) -> None:
         self.trainer = trainer
 
     def state_dict(self) -> dict[str, Any]:
@@ -79,7 +77,7 @@ class SchedulePart:
 class LoopPart:
     """The loop's counters that outlive a step: the non-finite skip count and the epoch's metrics."""
 
-    def __init__(self, trainer: Trainer) -> None:
+    def __init__(self, trainer: FitParts) -> None:
         self.trainer = trainer
 
     def state_dict(self) -> dict[str, Any]:
@@ -100,7 +98,7 @@ class StepperPart:
     """Precision and accumulation: the GradScaler's state and skip count, and the gradients of an
     accumulation window that was not complete when the checkpoint was taken."""
 
-    def __init__(self, trainer: Trainer) -> None:
+    def __init__(self, trainer: FitParts) -> None:
         self.trainer = trainer
 
     def state_dict(self) -> dict[str, Any]:
@@ -151,7 +149,7 @@ class LoaderPart:
     """The training loader's generator and the RNG states its current epoch started from: with the
     loop's (epoch, step) they put the loader back at the next batch (finetunekit.training.loader_state)."""
 
-    def __init__(self, trainer: Trainer) -> None:
+    def __init__(self, trainer: FitParts) -> None:
         self.trainer = trainer
 
     def state_dict(self) -> dict[str, Any]:
@@ -174,7 +172,7 @@ class RngPart:
         flat_state.load_rng_state(state["tensors"], state["meta"])
 
 
-def register_parts(trainer: Trainer) -> TrainingState:
+def register_parts(trainer: FitParts) -> TrainingState:
     """Every stateful part of ``trainer``'s fit, registered once; a part that a compile option turns on
     (EMA, mixing) is registered when it is on."""
     state = TrainingState()

@@ -17,7 +17,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -26,10 +26,8 @@ from finetunekit.errors import CheckpointError
 from finetunekit.saving import checkpoint
 from finetunekit.saving.model_folder import CONFIG_FILE, FORMAT, FORMAT_VERSION, MODEL_FILE, tensors_to_bytes
 from finetunekit.training import loader_state
+from finetunekit.training.context import FitParts
 from finetunekit.training.state import decode, encode
-
-if TYPE_CHECKING:
-    from finetunekit.training.trainer import Trainer
 
 TRAINING_TENSORS = "training.safetensors"
 TRAINING_JSON = "training.json"
@@ -55,7 +53,7 @@ def model_files(model_config: dict[str, Any], weights: dict[str, Any]) -> dict[s
     }
 
 
-def capture(trainer: Trainer, epoch: int, step: int) -> dict[str, bytes]:
+def capture(trainer: FitParts, epoch: int, step: int) -> dict[str, bytes]:
     """Checkpoint files for the point before batch ``step`` of ``epoch`` (``step`` 0: epoch start)."""
     parts = trainer.state.state_dict()
     if trainer.ema is None:  # the model file holds these weights already
@@ -82,7 +80,7 @@ def capture(trainer: Trainer, epoch: int, step: int) -> dict[str, bytes]:
     return files
 
 
-def _check_compatible(trainer: Trainer, config: dict[str, Any], meta: dict[str, Any], folder: Path) -> None:
+def _check_compatible(trainer: FitParts, config: dict[str, Any], meta: dict[str, Any], folder: Path) -> None:
     """Refuse a checkpoint of another model, class count, strategy or data size, naming the difference."""
     if meta.get("version") != STATE_VERSION:
         raise CheckpointError(
@@ -113,7 +111,7 @@ def _check_compatible(trainer: Trainer, config: dict[str, Any], meta: dict[str, 
         )
 
 
-def _position(trainer: Trainer, epoch: int, step: int) -> ResumePoint:
+def _position(trainer: FitParts, epoch: int, step: int) -> ResumePoint:
     """Put the training loader where the checkpoint's next batch is."""
     loader = trainer.loader
     if step == 0:
@@ -145,7 +143,7 @@ def _parse(files: dict[str, bytes], name: str, folder: Path) -> Any:
         ) from e
 
 
-def restore(trainer: Trainer, folder: str | Path) -> ResumePoint:
+def restore(trainer: FitParts, folder: str | Path) -> ResumePoint:
     """Put ``trainer``'s fit into the state saved in ``folder``; return where to continue.
 
     Checksums are verified before anything is parsed; the schedule cycle of the saved epoch is set up

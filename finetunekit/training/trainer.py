@@ -27,6 +27,7 @@ from finetunekit.techniques.gap import gap_logs
 from finetunekit.techniques.mixing import BatchMixer
 from finetunekit.training import feature_cache, loop, train_state
 from finetunekit.training.compile_config import CompileConfig
+from finetunekit.training.compute import Compute
 from finetunekit.training.context import LoopState, StepConfig
 from finetunekit.training.loader_state import epoch_start_snapshot, why_not_repositionable
 from finetunekit.training.parts import register_parts
@@ -67,6 +68,7 @@ class Trainer:
         view: ModelView,
         optimizer: torch.optim.Optimizer,
         compiled: CompileConfig,
+        compute: Compute,
         ema: Any,
         device: torch.device,
         seed: int | None,
@@ -86,7 +88,7 @@ class Trainer:
         self.model_config, self.callbacks = model_config, callbacks
         self.loader, self.val_loader, self.dist = loader, val_loader, dist
         self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
-        self.stepper = Stepper(compiled.compute, self.model, device, ema)
+        self.stepper = Stepper(compiled.compute, self.model, device, ema, compute)
         mixer = BatchMixer(num_classes, compiled.mixup, compiled.cutmix, seed=seed, rank=dist.rank)
         self.mixer = mixer if mixer.active else None
         self.cache = feature_cache.FeatureCache(
@@ -136,7 +138,7 @@ class Trainer:
         if inputs.val_loader is not None:
             val_logs = loop.evaluate_loader(
                 inputs.val_model, inputs.val_loader, cfg.loss_fn, cfg.metrics, self.device, cbs,
-                sync_metrics=self.dist.active,
+                sync_metrics=self.dist.active, compute=self.stepper.compute,
             )  # fmt: skip
             logs.update({f"val_{k}": v for k, v in val_logs.items()})
             logs.update(gap_logs(logs))
