@@ -103,7 +103,15 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------------
     def fit(self, initial_epoch: int) -> None:
-        """Event order: a restore (when a callback requested one), on_train_begin, epochs, on_train_end."""
+        """Event order: a restore (when a callback requested one), on_train_begin, epochs, on_train_end.
+        Callbacks see this trainer as their ``run`` for the fit's duration."""
+        self.callbacks.set_run(self)
+        try:
+            self._fit(initial_epoch)
+        finally:
+            self.callbacks.set_run(None)
+
+    def _fit(self, initial_epoch: int) -> None:
         point = self._resume_point(initial_epoch)
         self.callbacks.on_train_begin()
         logs: dict[str, float] = {}
