@@ -18,16 +18,35 @@ from pathlib import Path
 import torch
 
 from finetunekit import FineTuner
+from finetunekit.callbacks import Callback
 from finetunekit.saving import checkpoint
 from finetunekit.training import loop, nonfinite
-from finetunekit.training.train_state import FitRun, capture
+from finetunekit.training.context import LoopState, StepConfig
+from finetunekit.training.step import Stepper
 
 
-def time_steps(ctx: loop.TrainContext, x: torch.Tensor, y: torch.Tensor, n: int) -> float:
+def time_steps(cfg: StepConfig, state: LoopState, x: torch.Tensor, y: torch.Tensor, n: int) -> float:
     start = time.perf_counter()
-    for _ in range(n):
-        loop.train_step(ctx, x, y)
+    for i in range(n):
+        loop.train_step(cfg, state, x, y, i)
     return (time.perf_counter() - start) / n
+
+
+class TimeBackups(Callback):
+    """Times ``repeats`` full training backups (capture through the RunView + atomic write + sha256)."""
+
+    def __init__(self, folder: str, repeats: int) -> None:
+        super().__init__()
+        self.folder, self.repeats, self.times = Path(folder), repeats, []
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if batch == 0:
+            run = self.require_run()
+            for r in range(self.repeats):
+                start = time.perf_counter()
+                files = run.capture_state(0, 1)
+                checkpoint.write_checkpoint(self.folder / f"ckpt-{r}", files, {"kind": "training"})
+                self.times.append(time.perf_counter() - start)
 
 
 def main() -> None:
@@ -41,37 +60,41 @@ def main() -> None:
     torch.set_num_threads(1)
     ft = FineTuner(args.model, num_classes=10, pretrained=False, image_size=args.size, device="cpu", seed=0)
     ft.compile()
-    ctx = ft._train_context(steps=100, epochs=1)
+    assert ft.optimizer is not None and ft._compiled is not None
     plan = ft._apply_plan(0)
-    loop.write_lrs(ctx.optimizer, ctx.base_lr, 1.0, plan)
+    cfg = StepConfig(optimizer=ft.optimizer, loss_fn=ft._compiled.loss_fn, schedule=lambda p: 1.0,
+                     metrics=["accuracy"], device=ft.device, steps_per_epoch=100, total_steps=100,
+                     train_bn=True, stepper=Stepper(ft._compiled.compute, ft.model, ft.device))  # fmt: skip
+    state = LoopState(model=ft.model, base_lr=ft.base_lr)
+    loop.write_lrs(cfg.optimizer, state.base_lr, 1.0, plan)
     ft.model.train()
     x, y = torch.randn(args.batch, 3, args.size, args.size), torch.arange(args.batch) % 10
     real_guard, real_snapshot = nonfinite.guarded_step, nonfinite.snapshot_buffers
 
-    def plain_guard(c: loop.TrainContext, loss: torch.Tensor, buffers: list[torch.Tensor]) -> bool:
-        c.optimizer.step()
+    def plain_guard(s: LoopState, opt: torch.optim.Optimizer, loss: torch.Tensor, b: list) -> bool:
+        opt.step()
         return True
 
-    guarded, plain, backup, bookkeeping = [], [], [], []
-    ft._run = FitRun(ctx, [], None, 1)
-    ctx.tracker = loop.MetricTracker(ctx.metrics, ctx.device)
+    guarded, plain, bookkeeping = [], [], []
+    time_steps(cfg, state, x, y, 2)  # warm-up
+    for r in range(args.repeats):
+        for variant in ("plain", "guarded") if r % 2 == 0 else ("guarded", "plain"):  # no order bias
+            real = variant == "guarded"
+            nonfinite.guarded_step = real_guard if real else plain_guard
+            nonfinite.snapshot_buffers = real_snapshot if real else lambda s: []
+            (guarded if real else plain).append(time_steps(cfg, state, x, y, args.steps))
+        start = time.perf_counter()
+        for _ in range(100):
+            real_snapshot(state)
+            bool(torch.isfinite(x[0, 0, 0, 0]))
+        bookkeeping.append((time.perf_counter() - start) / 100)
+    nonfinite.guarded_step, nonfinite.snapshot_buffers = real_guard, real_snapshot
     with tempfile.TemporaryDirectory() as tmp:
-        time_steps(ctx, x, y, 2)  # warm-up
-        for r in range(args.repeats):
-            for variant in ("plain", "guarded") if r % 2 == 0 else ("guarded", "plain"):  # no order bias
-                real = variant == "guarded"
-                nonfinite.guarded_step = real_guard if real else plain_guard
-                nonfinite.snapshot_buffers = real_snapshot if real else lambda c: []
-                (guarded if real else plain).append(time_steps(ctx, x, y, args.steps))
-            start = time.perf_counter()
-            for _ in range(100):
-                real_snapshot(ctx)
-                bool(torch.isfinite(x[0, 0, 0, 0]))
-            bookkeeping.append((time.perf_counter() - start) / 100)
-            start = time.perf_counter()
-            checkpoint.write_checkpoint(Path(tmp) / f"ckpt-{r}", capture(ft, 0, 1), {"kind": "training"})
-            backup.append(time.perf_counter() - start)
-    ft._run = None
+        timer = TimeBackups(tmp, args.repeats)
+        images = torch.randint(0, 255, (args.batch * 2, 3, args.size, args.size), dtype=torch.uint8)
+        ft.fit(images.permute(0, 2, 3, 1).numpy(), (torch.arange(args.batch * 2) % 10).numpy(),
+               batch_size=args.batch, epochs=1, verbose=0, callbacks=[timer])  # fmt: skip
+        backup = timer.times
     base = statistics.median(plain)
     print(f"{args.model}, {args.size}px, batch {args.batch}, CPU, 1 thread, median of {args.repeats}")
     print(f"{'what':<44}{'ms':>10}{'x plain step':>14}")

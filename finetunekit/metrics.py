@@ -65,6 +65,15 @@ class MetricTracker:
         )
         self._loss, self._correct, self._n = totals[0], totals[1:-1], int(totals[-1].item())
 
+    def state_dict(self) -> dict[str, object]:
+        """The running totals, so a checkpoint taken mid-epoch resumes the epoch's metrics exactly."""
+        return {"loss": self._loss, "correct": self._correct, "n": self._n}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self._loss = torch.as_tensor(state["loss"]).to(self.device, torch.float64)
+        self._correct = torch.as_tensor(state["correct"]).to(self.device, torch.float64)
+        self._n = int(state["n"])  # type: ignore[call-overload]
+
     def result(self) -> dict[str, float]:
         """Python floats (one host sync)."""
         if self._n == 0:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
@@ -31,3 +33,16 @@ def make_images(
     for c in range(num_classes):
         x[y == c, :, :, c % 3] += 150 + 30 * (c // 3)
     return x.clip(0, 255).astype(np.uint8), y.astype(np.int64)
+
+
+def on_global_step(fn: Any) -> Any:
+    """A callback calling ``fn(global_step)`` after every training batch, the position read from the
+    fit's RunView (``callback.run``), as user callbacks do."""
+    from finetunekit.callbacks import Callback
+
+    class OnGlobalStep(Callback):
+        def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            run = self.require_run()
+            fn(run.epoch * run.steps_per_epoch + batch)
+
+    return OnGlobalStep()

@@ -1,9 +1,9 @@
 """BackupAndRestore: survive a crash, a kill or a pre-empted machine, and continue bitwise where it was.
 
 Keras' BackupAndRestore resumes at the last epoch (or batch) boundary but reshuffles and re-draws
-augmentation, so the resumed run is a different run. Here a backup holds the whole training state
-(:mod:`finetunekit.training.train_state`): the same script started again continues exactly as if
-never stopped.
+augmentation, so the resumed run is a different run. Here a backup holds the whole training state (every
+part the fit registered, captured through the callback's RunView): the same script started again
+continues exactly as if never stopped.
 """
 
 from __future__ import annotations
@@ -63,10 +63,9 @@ class BackupAndRestore(Callback):
         found = [p for p in self.backup_dir.iterdir() if p.name.startswith(_PREFIX) and p.is_dir()]
         return sorted(found, key=lambda p: p.name, reverse=True)
 
-    def restore_fit(self) -> Any:
-        """Restore the newest good backup into the running fit; None when there is none."""
-        from finetunekit.training.train_state import restore
-
+    def restore_fit(self) -> None:
+        """Ask the fit to restore the newest good backup (fit calls this before on_train_begin)."""
+        run = self.require_run()
         for folder in self.checkpoints():
             try:
                 checkpoint.verify(folder)
@@ -75,15 +74,13 @@ class BackupAndRestore(Callback):
                 warnings.warn(f"skipping (and removing) a bad backup: {e}", RuntimeWarning, stacklevel=2)
                 shutil.rmtree(folder, ignore_errors=True)
                 continue
-            return restore(self.tuner, folder)
-        return None
+            run.request_restore(folder)
+            return
 
     # -- saving ----------------------------------------------------------------------------------------
     def on_train_begin(self, logs: Logs | None = None) -> None:
-        from finetunekit.training.loader_state import why_not_repositionable
-
         self._batch_freq = self.save_freq if isinstance(self.save_freq, int) else None
-        reason = why_not_repositionable(self.tuner._run.loader)
+        reason = self.require_run().exact_resume_problem
         if self._batch_freq is not None and reason is not None:
             warnings.warn(
                 f"BackupAndRestore(save_freq={self.save_freq}) backs up at epoch ends instead: {reason}, "
@@ -97,37 +94,35 @@ class BackupAndRestore(Callback):
     def on_train_batch_end(self, batch: int, logs: Logs | None = None) -> None:
         if self._batch_freq is None:
             return
-        ctx = self.tuner._run.ctx
-        done = ctx.epoch * ctx.steps_per_epoch + batch + 1
+        run = self.require_run()
+        done = run.epoch * run.steps_per_epoch + batch + 1
         if done % self._batch_freq == 0:
-            self._save(ctx.epoch, batch + 1)
+            self._save(run.epoch, batch + 1)
 
     def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
         if self._batch_freq is None:
             self._save(epoch + 1, 0)
 
     def on_train_end(self, logs: Logs | None = None) -> None:
-        from finetunekit.training.train_state import on_main_rank
-
         def delete() -> None:
             for folder in self.checkpoints():
                 shutil.rmtree(folder, ignore_errors=True)
             self._remove_partials()
 
         if self.delete_checkpoint:
-            on_main_rank(self.tuner, delete, "BackupAndRestore cleanup")
+            self.require_run().run_on_main(delete, "BackupAndRestore cleanup")
 
     def _save(self, epoch: int, step: int) -> None:
-        from finetunekit.training.train_state import capture, on_main_rank
+        run = self.require_run()
 
         def write() -> None:
             name = f"{_PREFIX}e{epoch:06d}-s{step:07d}"
-            files = capture(self.tuner, epoch, step)
+            files = run.capture_state(epoch, step)
             checkpoint.write_checkpoint(self.backup_dir / name, files, {"kind": "training"})
             for old in self.checkpoints()[2:]:  # the newest two stay: the second is the fallback
                 shutil.rmtree(old, ignore_errors=True)
 
-        on_main_rank(self.tuner, write, "BackupAndRestore")
+        run.run_on_main(write, "BackupAndRestore")
 
     def _remove_partials(self) -> None:
         if self.backup_dir.is_dir():

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from finetunekit._types import RunView
+
 Logs = dict[str, Any]
 
 #: Every hook a callback can implement, in the order a ``fit`` with validation calls them.
@@ -43,16 +45,31 @@ class Callback:
 
     ``self.tuner`` is the :class:`~finetunekit.FineTuner` running the loop (set ``self.tuner.stop_training
     = True`` to stop after the current epoch), ``self.model`` its ``nn.Module`` and ``self.params`` the
-    Keras dict ``{"epochs", "steps", "verbose"}``. Callbacks with state worth resuming override
+    Keras dict ``{"epochs", "steps", "verbose"}``. During ``fit``, ``self.run`` is a
+    :class:`~finetunekit._types.RunView` of the fit in progress (position, stop, checkpoint state);
+    None outside a fit. Callbacks with state worth resuming override
     :meth:`state_dict` / :meth:`load_state_dict` with JSON-friendly values (decision 6: state is JSON).
     """
 
+    run: RunView | None = None  # a class default too: subclasses that skip __init__ still have it
+
     def __init__(self) -> None:
         self.tuner: Any = None
+        self.run = None
         self.params: dict[str, Any] = {}
 
     def set_tuner(self, tuner: Any) -> None:
         self.tuner = tuner
+
+    def set_run(self, run: RunView | None) -> None:
+        """The fit in progress (set by fit before any hook, reset to None when it ends)."""
+        self.run = run
+
+    def require_run(self) -> RunView:
+        """``self.run``, or an error saying this callback only works inside ``fit``."""
+        if self.run is None:
+            raise RuntimeError(f"{type(self).__name__} needs a fit in progress; it has no run outside fit()")
+        return self.run
 
     def set_params(self, params: Mapping[str, Any]) -> None:
         self.params = dict(params)
@@ -199,6 +216,7 @@ class CallbackList(Callback):
 
     def append(self, callback: Callback) -> None:
         callback.set_tuner(self.tuner)
+        callback.set_run(self.run)
         callback.set_params(self.params)
         self.callbacks.append(callback)
 
@@ -217,6 +235,11 @@ class CallbackList(Callback):
         super().set_params(params)
         for cb in self.callbacks:
             cb.set_params(params)
+
+    def set_run(self, run: RunView | None) -> None:
+        super().set_run(run)
+        for cb in self.callbacks:
+            cb.set_run(run)
 
     # -- dispatch --------------------------------------------------------------------------------------
     def _call(self, hook: str, logs: Mapping[str, Any] | None) -> None:

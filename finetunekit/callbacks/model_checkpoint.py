@@ -71,8 +71,7 @@ class ModelCheckpoint(Callback):
             return
         self._batches_seen += 1
         if self._batches_seen % self.save_freq == 0:
-            ctx = self.tuner._run.ctx
-            self._maybe_save(ctx.epoch, logs or {}, batch + 1)
+            self._maybe_save(self.require_run().epoch, logs or {}, batch + 1)
 
     def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
         if self.save_freq == "epoch":
@@ -111,18 +110,15 @@ class ModelCheckpoint(Callback):
                 f"ModelCheckpoint(filepath={self.filepath!r}) has a placeholder that cannot be filled "
                 f"({e!r}); expected {{epoch}}, {{batch}} or keys of the logs: {sorted(logs)}"
             ) from e
-        from finetunekit.training.train_state import on_main_rank
-
-        on_main_rank(self.tuner, lambda: self._write(path, epoch, step), "ModelCheckpoint")
+        self.require_run().run_on_main(lambda: self._write(path, epoch, step), "ModelCheckpoint")
         if self.verbose > 0:
             log_message(f"Epoch {label}: saved checkpoint to {path}")
 
     def _write(self, path: str, epoch: int, step: int) -> None:
-        from finetunekit.training.train_state import capture, model_files
-
+        run = self.require_run()  # the weights written are those validation measured (the EMA when on)
         if path.endswith(".safetensors"):
             try:
-                atomic_write_bytes(path, tensors_to_bytes(self.model.state_dict()))
+                atomic_write_bytes(path, tensors_to_bytes(run.measured_weights()))
             except OSError as e:
                 from finetunekit.errors import CheckpointError
 
@@ -132,9 +128,9 @@ class ModelCheckpoint(Callback):
                 ) from e
             return
         if self.save_weights_only:
-            files, kind = model_files(self.tuner), "weights"
+            files, kind = run.model_files(), "weights"
         else:
-            files, kind = capture(self.tuner, epoch, step), "training"
+            files, kind = run.capture_state(epoch, step), "training"
         checkpoint.write_checkpoint(path, files, {"kind": kind})
 
     # -- state -----------------------------------------------------------------------------------------

@@ -17,14 +17,12 @@ class TerminateOnNaN(Callback):
     """
 
     def on_train_begin(self, logs: Logs | None = None) -> None:
-        run = getattr(self.tuner, "_run", None)
-        if run is not None:
-            run.ctx.nonfinite = "stop"
+        if self.run is not None:
+            self.run.set_nonfinite_policy("stop")
 
     def on_train_batch_end(self, batch: int, logs: Logs | None = None) -> None:
         loss = (logs or {}).get("loss")
-        run = getattr(self.tuner, "_run", None)
-        stopping = run is not None and run.ctx.stop_requested
+        stopping = self.run is not None and self.run.stop_requested
         if stopping or (loss is not None and not math.isfinite(float(loss))):
             log_message(f"Batch {batch}: invalid loss, terminating training")
             self.tuner.stop_training = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from typing import Any
 
 import numpy as np
@@ -94,6 +95,60 @@ def split_validation(
     return _part(data, train_idx, evaluate=False), _part(data, val_idx, evaluate=True)
 
 
+class PerSampleSeeded(Dataset[Any]):
+    """``dataset`` whose every sample draws its randomness from ``(seed, epoch, index)`` alone.
+
+    Random augmentation (ours, torchvision's, or a user Dataset's own transform drawing from torch,
+    numpy or Python's ``random``) then depends on which sample it is, never on which process, worker or
+    position in a random stream draws it: N DDP processes, any number of workers, in-process loading and
+    a resumed run all see the same crops. Each ``__getitem__`` runs with the three global generators
+    seeded for that sample and puts them back after, so the caller's streams (dropout) are untouched.
+    ``set_epoch`` is called by fit before each epoch, like ``DistributedSampler.set_epoch``.
+    """
+
+    def __init__(self, dataset: Dataset[Any], seed: int) -> None:
+        self.dataset = dataset
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def sample_seed(self, index: int) -> int:
+        entropy = [self.seed % 2**64, self.epoch, int(index)]
+        return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]) % 2**63
+
+    def __getitem__(self, index: int) -> Any:
+        seed = self.sample_seed(index)
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)  # the CPU generator only: CUDA's stays as it is
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
+
+
+def draws_randomness(dataset: Dataset[Any]) -> bool:
+    """Whether loading a sample of ``dataset`` may draw random numbers: our datasets only when they
+    augment or wrap a user Dataset with its own transform; any other Dataset may."""
+    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    if isinstance(base, PerSampleSeeded):
+        return False
+    if not isinstance(base, TransformedDataset):
+        return True
+    if base.transform.augment:
+        return True
+    user = getattr(base, "dataset", None)
+    return user is not None and bool(getattr(user, "transform", None) or getattr(user, "transforms", None))
+
+
 def _default_workers(dataset: Dataset[Any], num_samples: int | None) -> int:
     """Worker processes only pay off for decoding files; in-memory tensors are fastest in-process, and
     user Datasets may not survive pickling, so they stay in-process unless num_workers says otherwise."""
@@ -125,8 +180,9 @@ def make_loader(
     """A DataLoader over ``data`` (or the user's own loader, untouched).
 
     Shuffling uses a dedicated generator seeded by ``seed`` (or drawn from torch's global RNG, so
-    ``torch.manual_seed`` also makes it reproducible). Worker processes are seeded from that generator,
-    so augmentation inside workers is reproducible too; in-process augmentation uses torch's global RNG.
+    ``torch.manual_seed`` also makes it reproducible). A dataset that augments is wrapped in
+    :class:`PerSampleSeeded` with that seed, so each sample's augmentation is a function of (seed,
+    epoch, index): the same in-process, in workers, on any DDP rank and after a resume.
 
     Shuffling goes through a DistributedSampler, with ``num_replicas=1`` in one process: epoch e is
     ``randperm(n)`` seeded ``seed + e`` (call ``loader.sampler.set_epoch(e)``; fit does), and rank r of
@@ -142,21 +198,23 @@ def make_loader(
     generator = torch.Generator()
     generator.manual_seed(_loader_seed(seed, shuffle))
     workers = _default_workers(data.dataset, data.num_samples) if num_workers is None else num_workers
+    dataset = data.dataset
+    if draws_randomness(dataset):
+        dataset = PerSampleSeeded(dataset, generator.initial_seed())
     sampler: DistributedSampler[Any] | None = None
     if shuffle or num_replicas > 1:  # [distributed] one permutation for 1 or N processes
         sampler = DistributedSampler(
-            data.dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
+            dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
             seed=int(generator.initial_seed()), drop_last=drop_last,
         )  # fmt: skip
     return DataLoader(
-        data.dataset,
+        dataset,
         batch_size=batch_size,
         sampler=sampler,
         drop_last=drop_last,
         num_workers=workers,
         generator=generator,
         pin_memory=torch.cuda.is_available(),
-        # Not persistent: each epoch's workers are seeded from that epoch's draw of ``generator`` (per
-        # worker and epoch), which is what makes augmentation in workers reproducible across a resume.
+        # Not persistent: each epoch's workers get a fresh copy of the dataset, with that epoch set.
         persistent_workers=False,
     )

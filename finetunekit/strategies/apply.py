@@ -15,7 +15,7 @@ from torch import nn
 
 from finetunekit.backbones.base import LayerGroup
 from finetunekit.errors import ConfigError
-from finetunekit.strategies import Plan
+from finetunekit.strategies.base import Plan
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adamw": torch.optim.AdamW,

@@ -6,7 +6,6 @@
 from the start, frozen groups' grads and optimizer state cleared, BN of frozen groups in eval mode,
 ``lr = base_lr * multiplier * group_scale`` written in one place.
 
-``finetunekit.strategies.apply`` is imported as a module (not its names) because it imports this package.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from finetunekit.strategies.base import Plan, Strategy, check_plan, resolve_stra
 
 if TYPE_CHECKING:
     from finetunekit.backbones.base import LayerGroup
-    from finetunekit.tuner import FineTuner
 
 
 class StrategyRunner:
@@ -58,8 +56,9 @@ class StrategyRunner:
         self.current_plan: Plan | None = None
 
     @classmethod
-    def from_tuner(cls, ft: FineTuner) -> StrategyRunner:
-        """The tuner's model (with its new head), layer groups, strategy and no-decay set."""
+    def from_tuner(cls, ft: Any) -> StrategyRunner:
+        """A FineTuner's model (with its new head), layer groups, strategy and no-decay set. (Typed Any:
+        strategies sit below the tuner and never import it.)"""
         backbone = ft._backbone
         return cls(ft.model, backbone.groups, ft.strategy, no_weight_decay=backbone.no_weight_decay)
 

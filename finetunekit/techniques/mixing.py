@@ -5,7 +5,11 @@ before the forward pass: images are mixed with a shuffled copy of the batch (a c
 mixup, a pasted box for CutMix) and the integer labels become soft targets ``lam * onehot(y) + (1 - lam)
 * onehot(y[perm])``. torch's ``cross_entropy`` accepts such probability targets and still applies
 ``label_smoothing`` to them, so the two compose. When both are on, each batch picks one of them with
-probability 1/2 (timm's default). Draws come from a generator seeded by ``FineTuner(seed=...)``.
+probability 1/2 (timm's default).
+
+Every draw of a batch comes from a generator made for that batch from ``(seed, epoch, step, rank)``
+(numpy's SeedSequence mixes them), not from a stream: the mixing of batch k is the same whether the
+run went straight there or was killed and resumed, and the mixer's whole state is its seed.
 
 Training accuracy is measured against the original labels (the dominant component of each image), so
 with mixing it reads low; validation is never mixed.
@@ -13,6 +17,7 @@ with mixing it reads low; validation is never mixed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -38,13 +43,27 @@ def cutmix_box(height: int, width: int, lam: float, rng: np.random.Generator) ->
 
 
 class BatchMixer:
-    """Callable ``(x, y) -> (x_mixed, soft_targets)`` on one device batch; ``last_lam`` is for tests."""
+    """Callable ``(x, y, position) -> (x_mixed, soft_targets)`` on one device batch.
 
-    def __init__(self, num_classes: int, mixup: float = 0.0, cutmix: float = 0.0, seed: int | None = None):
+    ``position`` is ``(epoch, step)`` in a fit (the loop passes it); called without one, successive calls
+    count up. ``seed=None`` draws the seed from torch's global RNG, so ``torch.manual_seed`` rules.
+    ``last_lam`` / ``last_perm`` are for tests.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        mixup: float = 0.0,
+        cutmix: float = 0.0,
+        seed: int | None = None,
+        rank: int = 0,
+    ):
         self.num_classes = num_classes
         self.mixup = check_mix_alpha("mixup", mixup)
         self.cutmix = check_mix_alpha("cutmix", cutmix)
-        self.rng = np.random.default_rng(seed)
+        self.seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else int(seed)
+        self.rank = rank
+        self.calls = 0
         self.last_lam = 1.0
         self.last_perm: torch.Tensor | None = None
 
@@ -52,25 +71,42 @@ class BatchMixer:
     def active(self) -> bool:
         return self.mixup > 0 or self.cutmix > 0
 
-    def _choose(self) -> str:
+    def rng_for(self, position: tuple[int, ...]) -> np.random.Generator:
+        """The generator of the batch at ``position``: a pure function of the seed, rank and position."""
+        return np.random.default_rng([self.seed % 2**63, self.rank, *(int(p) for p in position)])
+
+    def _choose(self, rng: np.random.Generator) -> str:
         if self.mixup > 0 and self.cutmix > 0:
-            return "cutmix" if self.rng.random() < 0.5 else "mixup"
+            return "cutmix" if rng.random() < 0.5 else "mixup"
         return "cutmix" if self.cutmix > 0 else "mixup"
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        kind = self._choose()
-        lam = float(self.rng.beta(getattr(self, kind), getattr(self, kind)))
-        perm = torch.from_numpy(self.rng.permutation(x.shape[0])).to(x.device)
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, position: tuple[int, ...] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # a direct call counts in its own sequence, apart from any (epoch, step) of a fit
+        position = (0, self.calls) if position is None else (1, *position)
+        self.calls += 1
+        rng = self.rng_for(position)
+        kind = self._choose(rng)
+        lam = float(rng.beta(getattr(self, kind), getattr(self, kind)))
+        perm = torch.from_numpy(rng.permutation(x.shape[0])).to(x.device)
         if kind == "mixup":
             mixed = x * lam + x[perm] * (1.0 - lam)
         else:
-            y0, y1, x0, x1 = cutmix_box(x.shape[-2], x.shape[-1], lam, self.rng)
+            y0, y1, x0, x1 = cutmix_box(x.shape[-2], x.shape[-1], lam, rng)
             mixed = x.clone()
             mixed[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
             lam = 1.0 - (y1 - y0) * (x1 - x0) / float(x.shape[-2] * x.shape[-1])  # the box actually pasted
         onehot = torch.nn.functional.one_hot(y.long(), self.num_classes).to(x.dtype)
         self.last_lam, self.last_perm = lam, perm
         return mixed, onehot * lam + onehot[perm] * (1.0 - lam)
+
+    # -- resumable state: the seed (every batch's draws derive from it) and the direct-call count -----
+    def state_dict(self) -> dict[str, Any]:
+        return {"seed": str(self.seed), "rank": self.rank, "calls": self.calls}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.seed, self.rank, self.calls = int(state["seed"]), int(state["rank"]), int(state["calls"])
 
     def __repr__(self) -> str:
         return f"BatchMixer(mixup={self.mixup:g}, cutmix={self.cutmix:g})"

@@ -15,7 +15,7 @@ import copy
 import math
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,11 +27,11 @@ from finetunekit.errors import ConfigError, MissingDependencyError
 from finetunekit.schedules import constant
 from finetunekit.strategies.apply import apply_plan, set_frozen_norms_to_eval, write_lrs
 from finetunekit.training import loop
+from finetunekit.training.context import LoopState, StepConfig
+from finetunekit.training.step import Stepper
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-    from finetunekit.tuner import FineTuner
 
 SUGGESTIONS = ("valley", "steep", "minimum")
 
@@ -205,7 +205,7 @@ def _check_args(
 
 
 def find_lr(
-    ft: FineTuner,
+    ft: Any,
     x: Any,
     y: Any = None,
     *,
@@ -279,20 +279,29 @@ def _batches(loader: Any) -> Iterator[Any]:
             raise ConfigError("find_lr got no batches: the data is empty")
 
 
-def _sweep(ft: FineTuner, loader: Any, lrs: list[float], smoother: _Smoother) -> None:
-    """One optimizer step per LR under the strategy's epoch-0 plan (frozen groups stay frozen)."""
-    assert ft.optimizer is not None
+def _sweep(ft: Any, loader: Any, lrs: list[float], smoother: _Smoother) -> None:
+    """One optimizer step per LR under the strategy's epoch-0 plan (frozen groups stay frozen), through
+    the fit's compute path (precision, channels_last, compiled forward) but never the EMA: the weights
+    that evaluate, predict and save use are not touched."""
+    assert ft.optimizer is not None and ft._compiled is not None
     plan = ft.plan(0)
     apply_plan(plan, ft._params_by_group, ft.optimizer)
-    ctx = ft._train_context(steps=len(lrs), epochs=1)
-    ctx.schedule = constant()
-    ctx.nonfinite = "stop"  # a diverging loss ends the sweep (the smoother sees it), never an error
+    compute = replace(ft._compiled.compute, accumulate_steps=1)  # one step per LR
+    cfg = StepConfig(
+        optimizer=ft.optimizer, loss_fn=ft._compiled.loss_fn, schedule=constant(), metrics=[],
+        device=ft.device, steps_per_epoch=len(lrs), total_steps=len(lrs), train_bn=ft.strategy.train_bn,
+        stepper=Stepper(compute, ft.model, ft.device, ema=None, compute=ft._compute_path()),
+        norms_by_group=ft._norms_by_group,
+    )  # fmt: skip
+    # A diverging loss ends the sweep (the smoother sees it), never an error.
+    state = LoopState(model=ft.model, base_lr=lrs[0], nonfinite="stop")
     ft.model.train()
     set_frozen_norms_to_eval(plan, ft._norms_by_group, ft.strategy.train_bn)
     batches = _batches(loader)
-    for lr in lrs:
+    for index, lr in enumerate(lrs):
         write_lrs(ft.optimizer, lr, 1.0, plan)
+        state.step = index
         xb, yb = loop.to_device(next(batches), ft.device)
-        loss, _ = loop.train_step(ctx, xb, yb)
+        loss, _ = loop.train_step(cfg, state, xb, yb, index)
         if smoother.update(float(loss)):
             break

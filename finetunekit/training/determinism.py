@@ -8,9 +8,11 @@ it is opt-in and confined to the fit that asked for it.
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 
 
@@ -36,3 +38,10 @@ def deterministic_mode(enabled: bool) -> Iterator[None]:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
         torch.backends.cudnn.deterministic = previous[2]
         torch.backends.cudnn.benchmark = previous[3]
+
+
+def seed_everything(seed: int) -> None:
+    """Python, numpy and torch global generators from one seed (``FineTuner(seed=...)``)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -40,6 +40,7 @@ class DistributedRun:
     def __init__(self, active: bool, device: torch.device):
         self.active = active
         self.device = device
+        self.rank = env.rank() if active else 0
         self.ddp: DistributedDataParallel | None = None
         self._ddp_key: tuple[int, tuple[bool, ...]] | None = None
         self.builds = 0  # DDP wrappers built so far: one per change of the trainable set
@@ -99,10 +100,12 @@ class DistributedRun:
     @staticmethod
     def set_epoch(loader: Any, epoch: int) -> None:
         """``sampler.set_epoch``: the shuffle of epoch e is ``randperm`` seeded ``seed + e``, with or
-        without DDP, and for a user's DataLoader with a DistributedSampler too."""
-        set_epoch = getattr(getattr(loader, "sampler", None), "set_epoch", None)
-        if callable(set_epoch):
-            set_epoch(epoch)
+        without DDP, and for a user's DataLoader with a DistributedSampler too; ``dataset.set_epoch``:
+        augmentation of sample i in epoch e is seeded by (seed, e, i) (finetunekit.data.loaders)."""
+        for owner in (getattr(loader, "sampler", None), getattr(loader, "dataset", None)):
+            set_epoch = getattr(owner, "set_epoch", None)  # the dataset's: per-sample augmentation seeds
+            if callable(set_epoch):
+                set_epoch(epoch)
 
     def seed_ranks(self, seed: int | None) -> None:
         """Give each rank its own stream for augmentation and dropout (``seed + rank``); with one
@@ -112,33 +115,29 @@ class DistributedRun:
             np.random.seed((seed + env.rank()) % 2**32)
 
     # ----------------------------------------------------------------------------------------- model
-    def bind_model(self, ctx: Any, model: nn.Module) -> None:
-        """Point ``ctx.model`` (what the training step calls) at ``model`` or at a DDP wrapper over its
-        currently trainable parameters, rebuilt only when that set changed since the last call; under
-        DDP ``ctx.sync_metrics`` makes the epoch's metrics a reduction over all ranks.
+    def bind_model(self, model: nn.Module) -> nn.Module:
+        """What the training step calls: ``model``, or under DDP a wrapper over its currently trainable
+        parameters, rebuilt only when that set changed since the last call.
 
         The old wrapper is released *before* the new one is built: its reducer hooks the same
         parameters, and two live reducers would both fire in backward.
         """
-        ctx.sync_metrics = self.active  # epoch metrics summed over ranks
         if not self.active:
-            ctx.model = model
-            return
+            return model
         key = (id(model), tuple(p.requires_grad for p in model.parameters()))
         if self.ddp is not None and key == self._ddp_key:
-            ctx.model = self.ddp
-            return
-        ctx.model = model
+            return self.ddp
         self.release()
-        if any(key[1]):  # DDP refuses a module with nothing to train; then there is nothing to sync
-            cuda = self.device.type == "cuda"
-            self.ddp = DistributedDataParallel(
-                model, device_ids=[self.device] if cuda else None, find_unused_parameters=False
-            )  # buffers (BN statistics) follow rank 0 at each forward: DDP's default
-            self._ddp_key = key
-            self.builds += 1
-            self.built.append(weakref.ref(self.ddp))
-            ctx.model = self.ddp
+        if not any(key[1]):  # DDP refuses a module with nothing to train; then there is nothing to sync
+            return model
+        cuda = self.device.type == "cuda"
+        self.ddp = DistributedDataParallel(
+            model, device_ids=[self.device] if cuda else None, find_unused_parameters=False
+        )  # buffers (BN statistics) follow rank 0 at each forward: DDP's default
+        self._ddp_key = key
+        self.builds += 1
+        self.built.append(weakref.ref(self.ddp))
+        return self.ddp
 
     def release(self) -> None:
         """Drop the DDP wrapper (its gradient hooks and buckets) now rather than at some later

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import replace
 from itertools import groupby
 from typing import Any, NamedTuple
 
@@ -35,6 +34,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from finetunekit.data.loaders import PerSampleSeeded
 from finetunekit.strategies import Plan
 from finetunekit.training.cache_cuts import Cut, NotExact, head_cut, prefix_cut
 
@@ -48,7 +48,7 @@ Key = tuple[bool, ...]  # which groups are frozen: a cache is valid while this s
 
 
 def _base_dataset(dataset: Any) -> Any:
-    while isinstance(dataset, Subset):
+    while isinstance(dataset, (Subset, PerSampleSeeded)):
         dataset = dataset.dataset
     return dataset
 
@@ -371,7 +371,7 @@ def _close(a: Any, b: Any) -> bool:
 class EpochInputs(NamedTuple):
     """What one epoch trains and validates on: the full model and loaders, or the suffix and caches."""
 
-    ctx: Any
+    model: nn.Module
     loader: Any
     val_model: nn.Module
     val_loader: Any
@@ -379,30 +379,32 @@ class EpochInputs(NamedTuple):
 
 def epoch_inputs(
     cache: FeatureCache | None,
-    ctx: Any,
+    model: nn.Module,
     loader: Any,
     val_loader: Any,
     plan: Plan,
     next_plan: Plan | None,
     epoch: int,
     val_model: nn.Module,
+    device: torch.device,
     resumed: bool = False,
 ) -> EpochInputs:
-    """The one place fit decides, per epoch, whether it trains on cached features. ``next_plan`` is the
-    next epoch's plan (None for the last epoch): a cache is built only when it will be used twice.
-    ``resumed``: the epoch continues mid-way from a backup, with the real loader's remaining batches."""
-    full = EpochInputs(ctx, loader, val_model, val_loader)
+    """The one place fit decides, per epoch, whether it trains on cached features. ``model`` is what the
+    step would call otherwise; ``next_plan`` is the next epoch's plan (None for the last epoch): a cache
+    is built only when it will be used twice. ``resumed``: the epoch continues mid-way from a backup,
+    with the real loader's remaining batches."""
+    full = EpochInputs(model, loader, val_model, val_loader)
     if cache is None or cache.reason is not None:
         return full
     if resumed:
         cache.note_resumed(epoch, plan)
         return full
-    batches = cache.batches_for_epoch(epoch, plan, next_plan, loader, ctx.device)
+    batches = cache.batches_for_epoch(epoch, plan, next_plan, loader, device)
     if batches is None:
         return full
-    out = EpochInputs(replace(ctx, model=cache.suffix), batches, val_model, val_loader)
+    out = EpochInputs(cache.suffix, batches, val_model, val_loader)
     if val_loader is not None and val_model is cache.model and cache.cache_validation:
-        val_batches = cache.features_for(val_loader, ctx.device)
+        val_batches = cache.features_for(val_loader, device)
         if val_batches is not None:
             out = out._replace(val_model=cache.suffix, val_loader=val_batches)
     return out

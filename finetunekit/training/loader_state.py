@@ -6,7 +6,7 @@ the sampler draws the permutation from the same generator. So the generator stat
 epoch* determines the epoch's batches. To resume at batch ``k`` we put that state back, replay those two
 draws exactly as torch makes them (the batch sampler yields index lists only: no image is loaded or
 augmented), and serve batches ``k..`` from a one-epoch loader over the same dataset. Random
-augmentation in the main process then continues from the RNG state saved after batch ``k - 1``.
+augmentation is seeded per sample (finetunekit.data.loaders.PerSampleSeeded), so it needs no position.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset
+
+from finetunekit.data.loaders import draws_randomness
 
 Tensors = dict[str, torch.Tensor]
 _GEN = "epoch_start.generator"
@@ -70,12 +72,14 @@ def positioned(loader: DataLoader[Any], snapshot: Tensors, skip: int) -> DataLoa
     twin.set_state(generator.get_state() if generator is not None else torch.get_rng_state())
     torch.empty((), dtype=torch.int64).random_(generator=generator)  # iter(loader)'s base-seed draw
     batches = list(loader.batch_sampler)  # type: ignore[arg-type]  # index lists only: nothing is loaded
-    if loader.num_workers > 0 and skip > 0 and not _warned_workers:
+    if loader.num_workers > 0 and skip > 0 and not _warned_workers and draws_randomness(loader.dataset):
         _warned_workers = True
         warnings.warn(
             f"resuming mid-epoch with num_workers={loader.num_workers}: the batches are exactly those of the "
-            "interrupted run, but random augmentation inside worker processes restarts its RNG stream for "
-            "the rest of this epoch (later epochs are exact). Use num_workers=0 for bitwise-exact resume.",
+            "interrupted run, but your DataLoader's dataset draws random numbers inside worker processes, "
+            "whose RNG streams restart for the rest of this epoch (later epochs are exact). Use "
+            "num_workers=0, or pass the Dataset itself to fit (finetunekit seeds each sample), for a "
+            "bitwise-exact resume.",
             RuntimeWarning,
             stacklevel=3,
         )

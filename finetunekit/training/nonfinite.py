@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from finetunekit.errors import ConfigError, NonFiniteLossError
+from finetunekit.training.context import LoopState
 
 POLICIES = ("raise", "skip", "stop")
 MAX_CONSECUTIVE_SKIPS = 10
@@ -39,61 +40,63 @@ def check_policy(value: Any) -> str:
     return str(value)
 
 
-def _device_skippable(ctx: Any, loss: torch.Tensor) -> bool:
-    return loss.device.type == "cuda" and bool(getattr(ctx.optimizer, "_step_supports_amp_scaling", False))
+def _device_skippable(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> bool:
+    return loss.device.type == "cuda" and bool(getattr(optimizer, "_step_supports_amp_scaling", False))
 
 
-def snapshot_buffers(ctx: Any) -> list[torch.Tensor]:
+def snapshot_buffers(state: LoopState) -> list[torch.Tensor]:
     """BatchNorm statistics before the forward pass: a non-finite batch must not leave them NaN either.
     Buffers are small (two vectors per norm layer); they are copied into storage allocated once per fit,
     with one fused ``_foreach_copy_`` (a single kernel launch on GPU)."""
-    buffers = [b.detach() for b in ctx.model.buffers()]
-    backup = ctx.buffer_backup
+    buffers = [b.detach() for b in state.model.buffers()]
+    backup = state.buffer_backup
     if backup is None or len(backup) != len(buffers):
-        backup = ctx.buffer_backup = [torch.empty_like(b) for b in buffers]
+        backup = state.buffer_backup = [torch.empty_like(b) for b in buffers]
     if buffers:
         torch._foreach_copy_(backup, buffers)
     return backup
 
 
-def guarded_step(ctx: Any, loss: torch.Tensor, buffers: list[torch.Tensor]) -> bool:
+def guarded_step(
+    state: LoopState, optimizer: torch.optim.Optimizer, loss: torch.Tensor, buffers: list[torch.Tensor]
+) -> bool:
     """``optimizer.step()`` unless ``loss`` is non-finite; False when the host knows it skipped.
     ``buffers`` (from :func:`snapshot_buffers`) are put back when the step is skipped."""
-    if _device_skippable(ctx, loss):
-        bad = _device_step(ctx, loss)
-        for b, saved in zip(ctx.model.buffers(), buffers, strict=True):
+    if _device_skippable(optimizer, loss):
+        bad = _device_step(state, optimizer, loss)
+        for b, saved in zip(state.model.buffers(), buffers, strict=True):
             b.copy_(torch.where(bad, saved, b))
         return True
     if bool(torch.isfinite(loss)):
-        ctx.skipped = 0
-        ctx.optimizer.step()
+        state.skipped = 0
+        optimizer.step()
         return True
     with torch.no_grad():
-        for b, saved in zip(ctx.model.buffers(), buffers, strict=True):
+        for b, saved in zip(state.model.buffers(), buffers, strict=True):
             b.copy_(saved)
-    _on_nonfinite(ctx, float(loss), ctx.step)
+    _on_nonfinite(state, optimizer, float(loss), state.step)
     return False
 
 
-def _device_step(ctx: Any, loss: torch.Tensor) -> torch.Tensor:
+def _device_step(loop: LoopState, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> torch.Tensor:
     bad = ~torch.isfinite(loss.detach())
-    state = ctx.nonfinite_state
+    state = loop.nonfinite_state
     if state is None:
         zero = torch.zeros((), dtype=torch.int64, device=loss.device)
-        state = ctx.nonfinite_state = {
+        state = loop.nonfinite_state = {
             "poisoned": bad & False,
             "run": zero,
             "longest": zero,
             "first": zero - 1,
         }
-    step = torch.full((), ctx.step, dtype=torch.int64, device=loss.device)
+    step = torch.full((), loop.step, dtype=torch.int64, device=loss.device)
     state["first"] = torch.where(bad & (state["first"] < 0), step, state["first"])
     state["run"] = torch.where(bad, state["run"] + 1, torch.zeros_like(state["run"]))
     state["longest"] = torch.maximum(state["longest"], state["run"])
-    if ctx.nonfinite != "skip":
+    if loop.nonfinite != "skip":
         bad = bad | state["poisoned"]
         state["poisoned"] = bad
-    opt = ctx.optimizer
+    opt: Any = optimizer  # the two attributes torch's fused optimizers read in step()
     opt.grad_scale, opt.found_inf = None, bad.float()  # what torch.amp.GradScaler hands fused steps
     try:
         opt.step()
@@ -102,41 +105,42 @@ def _device_step(ctx: Any, loss: torch.Tensor) -> torch.Tensor:
     return bad
 
 
-def check_deferred(ctx: Any) -> None:
+def check_deferred(loop: LoopState, optimizer: torch.optim.Optimizer) -> None:
     """At a sync point: act on a non-finite loss the device-side guard has seen since the last one."""
-    state = ctx.nonfinite_state
+    state = loop.nonfinite_state
     if state is None:
         return
     first, run, longest, poisoned = (
         int(v) for v in (state["first"], state["run"], state["longest"], state["poisoned"])
     )
-    if ctx.nonfinite == "skip":
-        ctx.skipped = run
+    if loop.nonfinite == "skip":
+        loop.skipped = run
         if longest > MAX_CONSECUTIVE_SKIPS:
-            _raise(ctx, float("nan"), first, f"{longest} consecutive steps had a non-finite loss")
+            what = f"{longest} consecutive steps had a non-finite loss"
+            _raise(loop, optimizer, float("nan"), first, what)
     elif poisoned:
-        _on_nonfinite(ctx, float("nan"), first)
+        _on_nonfinite(loop, optimizer, float("nan"), first)
 
 
-def _on_nonfinite(ctx: Any, value: float, step: int) -> None:
-    if ctx.nonfinite == "skip":
-        ctx.skipped += 1
-        if ctx.skipped > MAX_CONSECUTIVE_SKIPS:
-            _raise(ctx, value, step, f"{ctx.skipped} consecutive steps had a non-finite loss")
+def _on_nonfinite(loop: LoopState, optimizer: torch.optim.Optimizer, value: float, step: int) -> None:
+    if loop.nonfinite == "skip":
+        loop.skipped += 1
+        if loop.skipped > MAX_CONSECUTIVE_SKIPS:
+            _raise(loop, optimizer, value, step, f"{loop.skipped} consecutive steps had a non-finite loss")
         return
-    if ctx.nonfinite == "stop":
-        ctx.stop_requested = True
+    if loop.nonfinite == "stop":
+        loop.stop_requested = True
         return
-    _raise(ctx, value, step, "the loss was non-finite")
+    _raise(loop, optimizer, value, step, "the loss was non-finite")
 
 
-def _raise(ctx: Any, value: float, step: int, what: str) -> None:
-    lrs = sorted({float(g["lr"]) for g in ctx.optimizer.param_groups if g["lr"] > 0})
+def _raise(loop: LoopState, optimizer: torch.optim.Optimizer, value: float, step: int, what: str) -> None:
+    lrs = sorted({float(g["lr"]) for g in optimizer.param_groups if g["lr"] > 0})
     lr_text = ", ".join(f"{lr:.3g}" for lr in lrs) or "0"
     raise NonFiniteLossError(
-        f"{what} (loss={value}) at epoch {ctx.epoch}, step {step} with learning rates {lr_text}; the weights "
-        "are those of the last finite step (no update was applied). Expected a finite loss. Fixes: lower "
-        "the learning rate (compile(lr=...)), check the inputs for NaN/inf values or wrong normalization, "
-        "check a custom loss for log(0) or division by zero, or pass compile(on_nonfinite='skip') to drop "
-        "rare bad batches."
+        f"{what} (loss={value}) at epoch {loop.epoch}, step {step} with learning rates {lr_text}; the "
+        "weights are those of the last finite step (no update was applied). Expected a finite loss. "
+        "Fixes: lower the learning rate (compile(lr=...)), check the inputs for NaN/inf values or wrong "
+        "normalization, check a custom loss for log(0) or division by zero, or pass "
+        "compile(on_nonfinite='skip') to drop rare bad batches."
     )

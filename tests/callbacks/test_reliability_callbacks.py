@@ -224,16 +224,22 @@ class RandomItems(torch.utils.data.Dataset):
         return torch.randint(0, 2**30, (1,)), i
 
 
-def test_workers_are_seeded_per_worker_and_per_epoch() -> None:
+def test_random_items_are_seeded_per_sample_and_epoch_with_or_without_workers() -> None:
     from finetunekit.data import PreparedData, make_loader
 
-    def epochs(seed: int) -> list[list[int]]:
+    def epochs(seed: int, workers: int = 2) -> list[list[int]]:
         data = PreparedData(RandomItems(), None, None, None, 8)
-        loader = make_loader(data, batch_size=2, shuffle=True, seed=seed, num_workers=2)
-        return [torch.cat([b[0].ravel() for b in loader]).tolist() for _ in range(2)]
+        loader = make_loader(data, batch_size=2, shuffle=True, seed=seed, num_workers=workers)
+        out = []
+        for epoch in range(2):
+            loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]  # what fit does
+            loader.dataset.set_epoch(epoch)  # type: ignore[attr-defined]
+            out.append(torch.cat([b[0].ravel() for b in loader]).tolist())
+        return out
 
     first, again = epochs(0), epochs(0)
     assert first == again  # reproducible
-    assert first[0] != first[1]  # a new stream each epoch
-    assert len(set(first[0])) == 8  # the two workers draw different numbers
+    assert first == epochs(0, workers=0)  # which process loads a sample does not matter
+    assert first[0] != first[1]  # a new draw each epoch
+    assert len(set(first[0])) == 8  # every sample its own numbers
     assert epochs(1) != first

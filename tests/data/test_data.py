@@ -236,7 +236,13 @@ def test_validation_part_never_augments_and_train_augments_reproducibly():
     assert torch.equal(all_images(val), all_images(val))
     torch.manual_seed(0)
     loader = make_loader(train, batch_size=16, shuffle=True, seed=0)
-    epoch1, epoch2 = (torch.cat([b[0] for b in loader]) for _ in range(2))
+
+    def epoch(e: int) -> torch.Tensor:
+        loader.sampler.set_epoch(e)  # type: ignore[union-attr]  # what fit does before each epoch
+        loader.dataset.set_epoch(e)  # type: ignore[attr-defined]  # per-sample augmentation seeds
+        return torch.cat([b[0] for b in loader])
+
+    epoch1, epoch2 = epoch(0), epoch(1)
     assert not torch.equal(epoch1, epoch2)
     torch.manual_seed(0)
     replay = torch.cat([b[0] for b in make_loader(train, batch_size=16, shuffle=True, seed=0)])

@@ -80,6 +80,15 @@ def train_unfreeze() -> dict[str, Any]:
     }
 
 
+def train_augmented() -> FineTuner:
+    """fit's default augmentation (random resized crops and flips) for 2 epochs, GroupNorm model."""
+    x, y, _, _ = data()
+    ft = gn_tuner()
+    ft.compile(lr=1e-2)
+    ft.fit(x, y, batch_size=BATCH, epochs=2, verbose=0)
+    return ft
+
+
 def _state(ft: FineTuner) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone().contiguous() for k, v in ft.model.state_dict().items()}
 
@@ -97,6 +106,7 @@ def scenario_main(out: Path) -> None:
     ft = res["ft"]
     run = ft._distributed_run
     save_file(_state(ft), str(out / f"unfreeze_rank{rank}.safetensors"))
+    save_file(_state(train_augmented()), str(out / f"augmented_rank{rank}.safetensors"))
     np.save(out / f"predict_rank{rank}.npy", res["predict"])
 
     # BatchNorm TinyNet under GradualUnfreeze: ranks stay bitwise identical, buffers included.

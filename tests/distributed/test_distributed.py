@@ -78,6 +78,16 @@ def test_ddp_matches_one_process_through_an_unfreeze_and_ranks_are_bitwise_equal
         assert moved > 1e-3, prefix
 
 
+def test_ddp_with_fits_default_augmentation_matches_one_process(main_run):
+    # Each sample's crop and flip come from (seed, epoch, index): the rank that loads it does not matter.
+    r0 = load_file(str(main_run / "augmented_rank0.safetensors"))
+    r1 = load_file(str(main_run / "augmented_rank1.safetensors"))
+    one = dist_worker._state(dist_worker.train_augmented())
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)
+    diff = max(float((r0[k] - one[k]).abs().max()) for k in one)
+    assert diff < 1e-5, diff
+
+
 def test_ddp_is_rebuilt_once_per_trainable_set_and_old_wrappers_are_freed(main_run):
     for rank in (0, 1):
         rep = report(main_run, rank)

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import TinyNet, make_images
+from helpers import TinyNet, make_images, on_global_step
 
 from finetunekit import FineTuner
-from finetunekit.callbacks import BackupAndRestore, LambdaCallback, ModelCheckpoint
+from finetunekit.callbacks import BackupAndRestore, ModelCheckpoint
 from finetunekit.errors import CheckpointError
 from finetunekit.saving import checkpoint, flat_state
 from finetunekit.strategies import DiscriminativeLR
@@ -98,13 +98,12 @@ class Crash(Exception):
     pass
 
 
-def crash_at(ft: FineTuner, global_step: int) -> LambdaCallback:
-    def on_batch_end(batch: int, logs: dict[str, float]) -> None:
-        ctx = ft._run.ctx  # type: ignore[union-attr]
-        if ctx.epoch * ctx.steps_per_epoch + batch == global_step:
+def crash_at(ft: FineTuner, global_step: int) -> Any:
+    def on_step(step: int) -> None:
+        if step == global_step:
             raise Crash
 
-    return LambdaCallback(on_train_batch_end=on_batch_end)
+    return on_global_step(on_step)
 
 
 def run(backup: Path, crash: int | None = None, **fit_kw: Any) -> dict[str, torch.Tensor] | None:

@@ -1,13 +1,15 @@
 """A training run that can be SIGKILLed at a chosen point, for the kill-and-resume tests.
 
     python tests/resume_script.py STRATEGY BACKUP_DIR OUT [--kill step:N | write:K | val:E] [--reference]
-        [--backbone tiny | timm/<name>]
+        [--backbone tiny | timm/<name>] [--compile JSON] [--save-freq N] [--workers N]
 
 Runs fit with BackupAndRestore(BACKUP_DIR, save_freq=4). ``--kill step:N`` kills the process after global
 batch N, ``write:K`` in the middle of its K-th checkpoint file write (half the bytes on disk),
 ``val:E`` during the validation pass of epoch E. A run that finishes writes the final weights to
 OUT.safetensors and the history to OUT.json; ``--reference`` also trains an uninterrupted run with the same
-seed in this process (no callbacks) and writes it to OUT.ref.safetensors.
+seed in this process (no callbacks) and writes it to OUT.ref.safetensors. ``--compile '{"ema_decay": 0.9}'``
+passes extra compile() options; OUT.safetensors then holds the weights evaluate/predict/save use (the
+EMA's when on) and the raw model's too, under ``raw.`` keys.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ torch.set_num_threads(1)
 
 from helpers import TinyNet, make_images  # noqa: E402
 
-from finetunekit import FineTuner  # noqa: E402
+from finetunekit import L2SP, FineTuner  # noqa: E402
 from finetunekit.callbacks import BackupAndRestore, Callback  # noqa: E402
 from finetunekit.saving import checkpoint  # noqa: E402
 from finetunekit.strategies import (  # noqa: E402
@@ -59,12 +61,12 @@ class Killer(Callback):
         self.where, self.at = where, at
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        ctx = self.tuner._run.ctx
-        if self.where == "step" and ctx.epoch * ctx.steps_per_epoch + batch == self.at:
+        run = self.require_run()
+        if self.where == "step" and run.epoch * run.steps_per_epoch + batch == self.at:
             die()
 
     def on_test_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-        if self.where == "val" and self.tuner._run.ctx.epoch == self.at:
+        if self.where == "val" and self.require_run().epoch == self.at:
             die()
 
 
@@ -98,12 +100,26 @@ def build(strategy: str, backbone: str) -> FineTuner:
     )  # fmt: skip
 
 
-def train(strategy: str, backbone: str, callbacks: list[Callback]) -> FineTuner:
+def train(
+    strategy: str, backbone: str, callbacks: list[Callback], options: dict, workers: int = 0
+) -> FineTuner:
     x, y = make_images(60, 3, 16 if backbone == "tiny" else 32, seed=0)
     ft = build(strategy, backbone)
-    ft.compile(lr=1e-2, schedule="one_cycle")
-    ft.fit(x, y, batch_size=BATCH, epochs=EPOCHS, verbose=0, validation_split=0.2, callbacks=callbacks)
+    options = dict(options)
+    if options.pop("l2sp", False):
+        options["regularizer"] = L2SP(0.01, 0.01)
+    ft.compile(lr=1e-2, schedule="one_cycle", **options)
+    ft.fit(x, y, batch_size=BATCH, epochs=EPOCHS, verbose=0, validation_split=0.2, callbacks=callbacks,
+           num_workers=workers)  # fmt: skip
     return ft
+
+
+def write(ft: FineTuner, out: str) -> None:
+    weights = {k: v.contiguous() for k, v in ft.eval_model.state_dict().items()}
+    weights.update({f"raw.{k}": v.contiguous().clone() for k, v in ft.model.state_dict().items()})
+    save_file(weights, out + ".safetensors")
+    assert ft.history is not None
+    Path(out + ".json").write_text(json.dumps({"history": ft.history.history, "epoch": ft.history.epoch}))
 
 
 def main() -> None:
@@ -114,27 +130,21 @@ def main() -> None:
     parser.add_argument("--kill", default=None)
     parser.add_argument("--reference", action="store_true")
     parser.add_argument("--backbone", default="tiny")
+    parser.add_argument("--compile", default="{}")
+    parser.add_argument("--save-freq", type=int, default=SAVE_FREQ)
+    parser.add_argument("--workers", type=int, default=0)
     args = parser.parse_args()
-    callbacks: list[Callback] = [BackupAndRestore(args.backup_dir, save_freq=SAVE_FREQ)]
+    options = json.loads(args.compile)
+    callbacks: list[Callback] = [BackupAndRestore(args.backup_dir, save_freq=args.save_freq)]
     if args.kill:
         where, at = args.kill.split(":")
         if where == "write":
             kill_during_write(int(at))
         else:
             callbacks.append(Killer(where, int(at)))
-    ft = train(args.strategy, args.backbone, callbacks)
-    assert ft.history is not None
-    save_file(ft.model.state_dict(), args.out + ".safetensors")
-    Path(args.out + ".json").write_text(
-        json.dumps({"history": ft.history.history, "epoch": ft.history.epoch})
-    )
-    if args.reference:
-        ref = train(args.strategy, args.backbone, [])
-        save_file(ref.model.state_dict(), args.out + ".ref.safetensors")
-        assert ref.history is not None
-        Path(args.out + ".ref.json").write_text(
-            json.dumps({"history": ref.history.history, "epoch": ref.history.epoch})
-        )
+    write(train(args.strategy, args.backbone, callbacks, options, args.workers), args.out)
+    if args.reference:  # in-process loading: workers must not change a single bit
+        write(train(args.strategy, args.backbone, [], options), args.out + ".ref")
 
 
 if __name__ == "__main__":

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import TinyNet, make_images
+from helpers import TinyNet, make_images, on_global_step
 from torch import nn
 
 from finetunekit import FineTuner
-from finetunekit.callbacks import BackupAndRestore, Callback, LambdaCallback
+from finetunekit.callbacks import BackupAndRestore, Callback
 from finetunekit.strategies import LPFT, FrozenBackbone, GradualUnfreeze
 from finetunekit.training.feature_cache import _epochs_text
 
@@ -341,12 +341,11 @@ def test_resume_in_the_middle_of_a_cached_prefix_epoch_matches_the_uninterrupted
         ft.compile(lr=1e-2)
         cbs: list[Callback] = [BackupAndRestore(tmp_path / "backup", save_freq=2)] if backup else []
 
-        def maybe_crash(batch: int, logs: dict) -> None:
-            ctx = ft._run.ctx  # type: ignore[union-attr]
-            if ctx.epoch * ctx.steps_per_epoch + batch == crash_step:
+        def maybe_crash(step: int) -> None:
+            if step == crash_step:
                 raise Crash
 
-        cbs.append(LambdaCallback(on_train_batch_end=maybe_crash))
+        cbs.append(on_global_step(maybe_crash))
         try:
             ft.fit(x, y, epochs=6, batch_size=16, verbose=0, augment=False, callbacks=cbs)
         except Crash:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import TinyNet, make_images
+from helpers import TinyNet, make_images, on_global_step
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -45,11 +45,10 @@ class Snapshots:
     def __init__(self, ft: FineTuner) -> None:
         self.ft = ft
         self.states: dict[int, dict[str, torch.Tensor]] = {}
-        self.callback = LambdaCallback(on_train_batch_end=self.take)
+        self.callback = on_global_step(self.take)
 
-    def take(self, batch: int, logs: dict[str, float]) -> None:
-        ctx = self.ft._run.ctx  # type: ignore[union-attr]
-        self.states[ctx.epoch * ctx.steps_per_epoch + batch] = state(self.ft)
+    def take(self, step: int) -> None:
+        self.states[step] = state(self.ft)
 
 
 def state(ft: FineTuner) -> dict[str, torch.Tensor]:

@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from helpers import TinyNet, make_images
+from helpers import TinyNet, make_images, on_global_step
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from finetunekit import FineTuner
-from finetunekit.callbacks import BackupAndRestore, EarlyStopping, LambdaCallback, ReduceLROnPlateau
+from finetunekit.callbacks import BackupAndRestore, EarlyStopping, ReduceLROnPlateau
 from finetunekit.strategies import GradualUnfreeze
 
 X, Y = make_images(48, 3, 16, seed=4)
@@ -31,13 +31,12 @@ def tuner() -> FineTuner:
     return ft.compile(lr=0.05, schedule=cosine, schedule_kwargs={"T_max": 7})
 
 
-def crash_at(ft: FineTuner, global_step: int) -> LambdaCallback:
-    def check(batch: int, logs: dict[str, float]) -> None:
-        ctx = ft._run.ctx  # type: ignore[union-attr]
-        if ctx.epoch * ctx.steps_per_epoch + batch == global_step:
+def crash_at(ft: FineTuner, global_step: int) -> Any:
+    def check(step: int) -> None:
+        if step == global_step:
             raise Crash
 
-    return LambdaCallback(on_train_batch_end=check)
+    return on_global_step(check)
 
 
 def train(data: Any, backup: Path | None, crash: int | None = None, save_freq: Any = 2, **kw: Any) -> Any:

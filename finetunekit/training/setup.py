@@ -1,0 +1,108 @@
+"""What ``FineTuner.fit`` does before the first epoch: the data split, the loaders, the preflight checks,
+the callback list, the feature cache's fit-wide decision, and the :class:`Trainer` itself.
+
+The tuner hands everything over as explicit arguments: nothing here reads the tuner's attributes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from finetunekit.callbacks import Callback, CallbackList
+from finetunekit.data import PreparedData, split_validation
+from finetunekit.errors import ConfigError
+from finetunekit.training import feature_cache, preflight
+from finetunekit.training.compile_config import CompileConfig
+from finetunekit.training.compute import Compute
+from finetunekit.training.trainer import ModelView, Trainer
+
+Prepare = Callable[..., PreparedData]  # FineTuner._prepare: (x, y, augment=, what=) -> PreparedData
+
+
+@dataclass(frozen=True)
+class FitArgs:
+    """``fit``'s loop arguments, checked by the tuner."""
+
+    batch_size: int
+    epochs: int
+    verbose: int
+    callbacks: Sequence[Callback]
+    shuffle: bool
+    num_workers: int | None
+    cache_features: bool
+
+
+def fit_data(
+    prepare: Prepare,
+    x: Any,
+    y: Any,
+    *,
+    validation_split: float,
+    validation_data: Any,
+    augment: bool,
+    split_seed: Callable[[], int | None],
+) -> tuple[PreparedData, PreparedData | None]:
+    """(training data, validation data or None). ``split_seed`` gives the split's seed: every DDP rank
+    must split alike, seed or not."""
+    train = prepare(x, y, augment=augment, what="x")
+    if validation_data is not None:
+        vx, vy = validation_data if isinstance(validation_data, tuple) else (validation_data, None)
+        return train, prepare(vx, vy, augment=False, what="validation_data")
+    if validation_split:
+        return split_validation(train, validation_split, split_seed())
+    return train, None
+
+
+def build_trainer(
+    owner: Any,
+    *,
+    view: ModelView,
+    optimizer: torch.optim.Optimizer,
+    compiled: CompileConfig,
+    compute: Compute,
+    ema: Any,
+    seed: int | None,
+    num_classes: int,
+    spec: str,
+    model_config: dict[str, Any],
+    train: PreparedData,
+    val: PreparedData | None,
+    dist: Any,
+    args: FitArgs,
+) -> Trainer:
+    """Loaders (this rank's share under DDP), preflight checks, callbacks, then the Trainer."""
+    device = compute.device
+    loader = dist.train_loader(train, args.batch_size, args.shuffle, seed, num_workers=args.num_workers)
+    val_loader = dist.eval_loader(val, args.batch_size, num_workers=args.num_workers) if val else None
+    preflight.check_same_classes(train, val)
+    preflight.check_has_batches(loader)
+    preflight.probe_forward(view.model, train, device, num_classes, spec)
+    dist.seed_ranks(seed)
+    steps = num_batches(loader)
+    callbacks = CallbackList(
+        [*args.callbacks, *dist.callbacks()], tuner=owner, add_history=True, add_progbar=args.verbose != 0,
+        verbose=args.verbose, epochs=args.epochs, steps=steps,
+    )  # fmt: skip
+    mixing = bool(compiled.mixup or compiled.cutmix)
+    disabled = feature_cache.disabled_reason(args.cache_features, dist.active, mixing)
+    reason = feature_cache.static_reason(loader, view.train_bn, disabled, train.loader is not None)
+    return Trainer(
+        owner=owner, view=view, optimizer=optimizer, compiled=compiled, compute=compute, ema=ema,
+        device=device, seed=seed, num_classes=num_classes, model_config=model_config, callbacks=callbacks,
+        loader=loader, val_loader=val_loader, epochs=args.epochs, steps_per_epoch=steps, dist=dist,
+        cache_reason=reason, cache_validation=val is not None and val.loader is None and ema is None,
+    )  # fmt: skip
+
+
+def num_batches(loader: Any) -> int:
+    try:
+        return max(1, len(loader))
+    except TypeError as e:
+        raise ConfigError(
+            "the training DataLoader has no length (an IterableDataset?); finetunekit needs the number of "
+            "batches per epoch for LR schedules: give the dataset a __len__"
+        ) from e
