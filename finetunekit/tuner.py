@@ -407,9 +407,11 @@ class FineTuner(FitMixin):
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, device: str | torch.device = "auto",
-             model: nn.Module | None = None, distributed: bool | None = None) -> FineTuner:  # fmt: skip
-        """Rebuild a saved FineTuner without network. ``model=`` supplies the module for custom backbones."""
-        state, config = saving.load_model_folder(path)
+             model: nn.Module | None = None, distributed: bool | None = None,
+             verify: bool = True) -> FineTuner:  # fmt: skip
+        """Rebuild a saved FineTuner without network. ``model=`` supplies the module for custom backbones.
+        ``verify=False`` loads a folder without a manifest (values are still checked; docs/reliability.md)."""
+        state, config = saving.load_model_folder(path, verify=verify)
         num_classes = int(config["num_classes"])
         if model is not None:
             head, groups = config["backbone"].get("head"), config["backbone"].get("groups")

@@ -25,9 +25,16 @@ from safetensors.torch import save as st_save
 
 from finetunekit.errors import CheckpointError
 from finetunekit.metrics import MetricTracker
-from finetunekit.saving import checkpoint, flat_state
-from finetunekit.saving.model_folder import CONFIG_FILE, FORMAT, FORMAT_VERSION, MODEL_FILE, tensors_to_bytes
-from finetunekit.training import loader_state
+from finetunekit.saving import checkpoint, flat_state, validate, validate_training
+from finetunekit.saving.model_folder import (
+    CONFIG_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    MODEL_FILE,
+    parse_config,
+    tensors_to_bytes,
+)
+from finetunekit.training import loader_state, resume_checks
 
 TRAINING_TENSORS = "training.safetensors"
 TRAINING_JSON = "training.json"
@@ -101,6 +108,7 @@ def capture(tuner: Any, epoch: int, step: int) -> dict[str, bytes]:
         "schedule": ctx.schedule.state_dict() if hasattr(ctx.schedule, "state_dict") else None,
         "schedule_cycle_start": ctx.first_epoch,
         "callbacks": _callback_states(run.callbacks),
+        "fingerprints": resume_checks.fingerprints(tuner),  # [persist] compile settings and data
     }
     if step > 0:  # mid-epoch: the running metrics and the RNG states the epoch started from
         tensors.update(ctx.epoch_start)
@@ -155,7 +163,7 @@ def _load_callbacks(callbacks: Any, saved: list[dict[str, Any]]) -> None:
         index = seen[name] = seen.get(name, -1) + 1
         states = by_class.get(name, [])
         if index < len(states):
-            cb.load_state_dict(states[index])
+            resume_checks.load_callback_state(cb, states[index], name, index)  # [persist] errors named
 
 
 def _position(tuner: Any, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> ResumePoint:
@@ -187,8 +195,10 @@ def _position(tuner: Any, meta: dict[str, Any], tensors: dict[str, torch.Tensor]
 
 def _parse(files: dict[str, bytes], name: str, folder: Path) -> Any:
     """Safetensors or JSON only: a file of any other kind (a pickle, say) is refused, never run."""
+    if name.endswith(".json"):  # [persist] NaN, deep nesting, bad UTF-8: CheckpointError naming the file
+        return validate.parse_json(files[name], repr(str(folder / name)), finite=False)
     try:
-        return st_load(files[name]) if name.endswith(".safetensors") else json.loads(files[name])
+        return st_load(files[name])
     except Exception as e:  # safetensors and json raise their own types
         raise CheckpointError(
             f"{str(folder / name)!r} is not a valid {name.rsplit('.', 1)[1]} file ({type(e).__name__}); "
@@ -201,17 +211,21 @@ def restore(tuner: Any, folder: str | Path) -> ResumePoint:
 
     Checksums are verified before anything is parsed; the RNG states are restored last, after every
     step that could draw random numbers, so the next batch sees exactly the saved generator states."""
-    files, _ = checkpoint.read_checkpoint(folder)
+    files, _ = checkpoint.read_checkpoint(folder, required=(CONFIG_FILE, MODEL_FILE))
     folder = Path(folder)
-    if TRAINING_JSON not in files:
+    if TRAINING_JSON not in files or TRAINING_TENSORS not in files:
         raise CheckpointError(
             f"checkpoint {str(folder)!r} holds weights only (save_weights_only=True); expected a full "
             "training checkpoint to resume. Load the weights with FineTuner.load() instead."
         )
-    config = _parse(files, CONFIG_FILE, folder)
-    meta = _parse(files, TRAINING_JSON, folder)
+    config = parse_config(files[CONFIG_FILE], repr(str(folder / CONFIG_FILE)))  # [persist] validated
+    meta = validate_training.training_meta(
+        _parse(files, TRAINING_JSON, folder), repr(str(folder / TRAINING_JSON))
+    )
     _check_compatible(tuner, config, meta, folder)
     weights, tensors = _parse(files, MODEL_FILE, folder), _parse(files, TRAINING_TENSORS, folder)
+    resume_checks.check_restorable(tuner, meta, tensors, folder)  # [persist] tensors, fingerprints
+    _load_callbacks(tuner._run.callbacks, meta["callbacks"])  # [persist] before any weight is replaced
     try:
         tuner.model.load_state_dict(weights, strict=True)
     except RuntimeError as e:
@@ -226,7 +240,6 @@ def restore(tuner: Any, folder: str | Path) -> ResumePoint:
         ctx.schedule.load_state_dict(meta["schedule"])
     tuner.base_lr = float(meta["base_lr"])
     ctx.skipped = int(meta["skipped"])
-    _load_callbacks(tuner._run.callbacks, meta["callbacks"])
     point = _position(tuner, meta, tensors)
     flat_state.load_rng_state(tensors, meta["rng"])
     return point
