@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -242,3 +243,31 @@ def fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def probe_writable(folder: Path, what: str, need_bytes: int = 0) -> None:
+    """Raise CheckpointError now, before the first training step, when ``folder`` cannot take a save:
+    it is a file, cannot be created, is read-only, or has less free space than ``need_bytes``."""
+    fix = f"Fix: point {what} at a writable folder with free space."
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(f"{what}: {str(folder)!r} is a file; expected a folder for the saves. {fix}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".finetunekit-probe.", suffix=".tmp")
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(tmp)
+        free = shutil.disk_usage(folder).free
+    except OSError as e:
+        raise CheckpointError(
+            f"{what}: cannot write to {str(folder)!r} ({e.strerror or e}); checked before the first "
+            f"training step, so nothing was trained in vain. {fix}"
+        ) from e
+    if free < need_bytes:
+        raise CheckpointError(
+            f"{what}: {str(folder)!r} has {free / 2**20:.1f} MiB free but one save needs about "
+            f"{need_bytes / 2**20:.1f} MiB; checked before the first training step. {fix}"
+        )
