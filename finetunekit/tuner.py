@@ -140,6 +140,9 @@ class FineTuner(FitMixin):
         self._wise_end: tuple[Any, dict[str, torch.Tensor]] | None = None
         self._wise_alpha: float | None = None
         self._compile_kwargs: dict[str, Any] | None = None
+        self._head_at_init: dict[str, torch.Tensor] | None = preflight.head_snapshot(
+            self.model, built.groups[-1].param_names
+        )  # [persist]
 
     # ----------------------------------------------------------------------------------- properties
     @property
@@ -300,7 +303,9 @@ class FineTuner(FitMixin):
         val_loader = dist.eval_loader(val, batch_size, num_workers=num_workers) if val else None
         preflight.check_same_classes(train, val)
         preflight.check_has_batches(loader)
-        preflight.probe_forward(self.model, train, self.device, self.num_classes, self.spec)
+        sizes = preflight.probe_forward(self.model, train, self.device, self.num_classes, self.spec)
+        norms = preflight.training_norms(self.strategy, self._norms_by_group, epochs)  # [persist]
+        preflight.check_last_batch(loader, train, sizes, norms)  # [persist] a last batch of one vs BatchNorm
         dist.seed_ranks(self.seed)
         steps = _num_batches(loader)
         cbs = CallbackList(
@@ -359,6 +364,7 @@ class FineTuner(FitMixin):
             self.compile()
         assert self._compiled is not None
         data = self._prepare(x, y, augment=False, what="x")
+        self._head_at_init = preflight.warn_if_untrained(self.model, self._head_at_init, "evaluate()")
         dist = run_for(self)  # [distributed] each rank evaluates its shard; sums are all-reduced
         loader = dist.eval_loader(data, batch_size)
         cbs = CallbackList(list(callbacks or []), tuner=self)
@@ -375,6 +381,7 @@ class FineTuner(FitMixin):
         the image and its horizontal mirror."""
         check_positive_int("batch_size", batch_size)
         data = self._prepare(x, None, augment=False, what="x", require_labels=False)
+        self._head_at_init = preflight.warn_if_untrained(self.model, self._head_at_init, "predict()")
         dist = run_for(self)  # [distributed] each rank predicts its shard; gathered in input order
         loader = dist.eval_loader(data, batch_size)
         model = FlipTTA(self.eval_model) if tta else self.eval_model
@@ -431,6 +438,7 @@ class FineTuner(FitMixin):
         try:
             self.model.load_state_dict(state, strict=True)
             self._pretrained_state = backbone_state(self.model, built.head_path)  # the loaded starting point
+            self._head_at_init = None  # [persist] a loaded model counts as trained
         except RuntimeError as e:
             raise CheckpointError(
                 f"the weights in {str(path)!r} do not fit {config.get('spec')!r} with {num_classes} classes: "

@@ -208,8 +208,8 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     if not folder.is_dir():
         state = "is a file" if folder.exists() else "does not exist"
         raise CheckpointError(
-            f"checkpoint {str(folder)!r} {state}; expected a checkpoint folder written by ModelCheckpoint, "
-            "BackupAndRestore or ft.save(). Check the path."
+            f"checkpoint {str(folder)!r} {state}; expected a folder written by ft.save(), ModelCheckpoint "
+            "or BackupAndRestore, holding config.json, model.safetensors and manifest.json. Check the path."
         )
     if not path.exists() and not path.is_symlink():
         raise CheckpointError(

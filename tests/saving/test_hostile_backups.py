@@ -35,9 +35,9 @@ def interrupted_backup(root: Path, at: int = 5) -> Path:
             raise Crash
 
     backup = root / "bk"
+    callbacks = [BackupAndRestore(backup, save_freq=4), LambdaCallback(on_train_batch_end=crash)]
     with pytest.raises(Crash):
-        ft.fit(X, Y, batch_size=8, epochs=2, verbose=0,
-               callbacks=[BackupAndRestore(backup, save_freq=4), LambdaCallback(on_train_batch_end=crash)])  # fmt: skip
+        ft.fit(X, Y, batch_size=8, epochs=2, verbose=0, callbacks=callbacks)
     (only,) = BackupAndRestore(backup).checkpoints()
     return only
 
