@@ -25,7 +25,7 @@ from finetunekit.data.transforms import to_chw_uint8
 from finetunekit.errors import ConfigError, DataError
 
 BAD_FILE_POLICIES = ("raise", "skip")
-DRAFT_SIZE = 64  # pixels: the smallest side JPEGs are decoded at for the up-front check
+DRAFT_SIZE = 8  # pixels: JPEGs are decoded at their smallest DCT scale (1/8) for the up-front check
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
