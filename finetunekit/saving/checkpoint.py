@@ -75,11 +75,14 @@ def write_checkpoint(
     folder = Path(folder)
     for name in files:
         fs.check_name(name, Path(MANIFEST))
-    check_replaceable(folder)
+    if "config.json" in files:  # a save must never produce a folder that its load would refuse
+        from finetunekit.saving.model_folder import parse_config
+
+        parse_config(files["config.json"], "the config to be saved (config.json)")
     staging = folder.parent / f".{folder.name}.partial-{uuid.uuid4().hex[:8]}"
     marker_fd: int | None = None
     try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
+        check_replaceable(folder)
         staging.mkdir()
         marker_fd = os.open(staging / _WRITING, os.O_RDWR | os.O_CREAT, 0o644)
         fs.hold_lock(marker_fd)
@@ -105,6 +108,10 @@ def write_checkpoint(
 def check_replaceable(folder: Path) -> None:
     """A save may replace ``folder`` only when it is absent, empty or a finetunekit save: anything
     else there (a file, a user's folder of other things) is refused rather than moved away."""
+    if folder.name in ("", ".", ".."):
+        raise CheckpointError(
+            f"save path {str(folder)!r} names no folder of its own; expected a path such as 'runs/my_model'."
+        )
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
         raise CheckpointError(
             f"save path {str(folder)!r} is a file or a link; expected a folder path, e.g. 'runs/my_model'. "

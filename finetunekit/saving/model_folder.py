@@ -113,4 +113,5 @@ def load_model_folder(
         files = _unverified(path)
     config = parse_config(files[CONFIG_FILE], repr(str(path / CONFIG_FILE)))
     state = parse_weights(files[MODEL_FILE], repr(str(path / MODEL_FILE)))
+    validate.finite_tensors(state, repr(str(path / MODEL_FILE)))
     return state, config

@@ -16,7 +16,7 @@ from typing import Any
 
 from finetunekit.errors import CheckpointError
 
-MAX_IMAGE_SIDE = 2048  # pixels; an input of 2048x2048x3 floats is already 50 MB per image
+MAX_IMAGE_SIDE = 4096  # pixels; one 4096x4096x3 float input is already 200 MB
 MAX_CLASSES = 1_000_000
 MAX_CHANNELS = 1024
 MAX_DEPTH = 32
@@ -97,6 +97,21 @@ def check_tree(value: Any, r: Reader, finite: bool, key: str = "", depth: int = 
     elif isinstance(value, list):
         for i, v in enumerate(value):
             check_tree(v, r, finite, f"{key}[{i}]", depth + 1)
+
+
+def finite_tensors(state: Mapping[str, Any], source: str) -> None:
+    """Weights with NaN (or infinity outside attention masks) give NaN outputs for every input."""
+    import torch
+
+    for key, t in state.items():
+        if not t.is_floating_point() or bool(torch.isfinite(t).all()):
+            continue
+        if "mask" in key.rsplit(".", 1)[-1] and not bool(torch.isnan(t).any()):
+            continue  # -inf in an attention mask buffer is how masks are written
+        raise CheckpointError(
+            f"{source}: the tensor {key!r} holds NaN or infinite values, so every prediction would be NaN. "
+            f"{_FIX}"
+        )
 
 
 # -- config.json -----------------------------------------------------------------------------------

@@ -280,3 +280,11 @@ def test_predict_and_evaluate_before_training_warn_and_after_do_not(tmp_path: Pa
         warnings.simplefilter("error", RuntimeWarning)
         ft.predict(x)
         FineTuner.load(tmp_path / "m", model=TinyNet(num_classes=3), device="cpu").predict(x)
+
+
+def test_a_16_bit_pil_image_from_a_dataset_is_scaled_too() -> None:
+    from finetunekit.data.transforms import to_chw_uint8
+
+    image = Image.fromarray(np.array([[40000, 65535]], dtype=np.uint16))
+    tensor = to_chw_uint8(image, 3, "x[0]")
+    assert tensor is not None and tensor[:, 0].tolist() == [[156, 255]] * 3

@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import TinyNet
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 from saving_harness import (
     edit_json,
     edit_manifest,
@@ -29,7 +32,8 @@ from saving_harness import (
     write_raw,
 )
 
-from finetunekit.errors import CheckpointError
+from finetunekit import FineTuner
+from finetunekit.errors import CheckpointError, ConfigError
 
 
 def _deep(d: dict[str, Any]) -> None:
@@ -293,3 +297,31 @@ def test_the_written_config_is_plain_json(saved: Path) -> None:
     config = json.loads((saved / "config.json").read_text())
     assert config["format"] == "finetunekit" and config["num_classes"] == 3
     assert sorted(p.name for p in saved.iterdir()) == ["config.json", "manifest.json", "model.safetensors"]
+
+
+def _poison_weights(folder: Path, value: float) -> None:
+    state = dict(st_load((folder / "model.safetensors").read_bytes()))
+    state["fc.weight"] = state["fc.weight"].clone().fill_(value)
+    write_raw(folder, "model.safetensors", st_save(state))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused(saved: Path, value: float) -> None:
+    _poison_weights(saved, value)
+    refused(saved, "'fc.weight' holds NaN or infinite values")
+
+
+@pytest.mark.parametrize("path", ["", ".", ".."])
+def test_a_save_path_naming_no_folder_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    with pytest.raises(CheckpointError, match="names no folder of its own"):
+        tuner().save(path)
+    assert sorted(os.listdir(tmp_path)) == ["sub"] and os.listdir(tmp_path / "sub") == []
+
+
+def test_a_model_too_large_to_load_back_cannot_be_built() -> None:
+    with pytest.raises(ConfigError, match="at most 4096"):
+        FineTuner(TinyNet(num_classes=3), num_classes=3, device="cpu", image_size=40000)
