@@ -18,16 +18,26 @@ from finetunekit.saving.validate import MAX_COUNT, Reader
 _MT_WORDS = 624  # Mersenne Twister state words (Python's and numpy's generators)
 
 
-def training_meta(meta: Any, source: str) -> dict[str, Any]:
-    """``meta`` (the parsed training.json) checked key by key; returns it unchanged."""
-    r = Reader(source)
-    m = r.mapping(meta, "training")
+def _position(r: Reader, m: dict[str, Any]) -> tuple[int, int]:
     steps = r.integer(r.need(m, "steps_per_epoch", ""), "steps_per_epoch", 1, MAX_COUNT)
     epochs = r.integer(r.need(m, "epochs", ""), "epochs", 1, MAX_COUNT)
     epoch = r.integer(r.need(m, "epoch", ""), "epoch", 0, epochs)
     step = r.integer(r.need(m, "step", ""), "step", 0, steps)  # steps: the epoch ran, its end did not
     if epoch == epochs and step:
         raise r.fail("step", step, f"0 at the end of training (epoch={epoch} of {epochs})")
+    return epoch, step
+
+
+def training_meta(meta: Any, source: str) -> dict[str, Any]:
+    """``meta`` (the parsed training.json) checked key by key; returns it unchanged. Both layouts are
+    read: version 1 (flat keys) and the registry layout (``version`` + one entry per part)."""
+    r = Reader(source)
+    m = r.mapping(meta, "training")
+    epoch, step = _position(r, m)
+    if "version" in m or "parts" in m:
+        r.integer(r.need(m, "version", ""), "version", 1, 10**6)
+        _parts(r, r.mapping(r.need(m, "parts", ""), "parts"), epoch)
+        return m
     r.number(r.need(m, "base_lr", ""), "base_lr", 0.0, 1e6, above=True)
     r.integer(r.need(m, "skipped", ""), "skipped", 0, MAX_COUNT)
     r.integer(m.get("schedule_cycle_start", 0), "schedule_cycle_start", 0, epoch)
@@ -36,44 +46,71 @@ def training_meta(meta: Any, source: str) -> dict[str, Any]:
     schedule = r.need(m, "schedule", "")
     if schedule is not None:
         r.mapping(schedule, "schedule")
-    _optimizer(r, r.mapping(r.need(m, "optimizer", ""), "optimizer"))
-    _rng(r, r.mapping(r.need(m, "rng", ""), "rng"))
-    for i, entry in enumerate(r.items(r.need(m, "callbacks", ""), "callbacks", 0, 10_000)):
-        cb = r.mapping(entry, f"callbacks[{i}]")
-        r.string(r.need(cb, "class", f"callbacks[{i}].class"), f"callbacks[{i}].class", max_len=256)
-        r.mapping(r.need(cb, "state", f"callbacks[{i}].state"), f"callbacks[{i}].state")
+    _optimizer(r, r.mapping(r.need(m, "optimizer", ""), "optimizer"), "optimizer")
+    _rng(r, r.mapping(r.need(m, "rng", ""), "rng"), "rng")
+    _callbacks(r, r.need(m, "callbacks", ""), "callbacks")
     if "fingerprints" in m:
         r.mapping(m["fingerprints"], "fingerprints")
     return m
 
 
-def _optimizer(r: Reader, opt: dict[str, Any]) -> None:
-    r.string(r.need(opt, "class", "optimizer.class"), "optimizer.class", max_len=256)
-    for i, group in enumerate(
-        r.items(r.need(opt, "groups", "optimizer.groups"), "optimizer.groups", 1, 100_000)
-    ):
-        g = r.mapping(group, f"optimizer.groups[{i}]")
+def _parts(r: Reader, parts: dict[str, Any], epoch: int) -> None:
+    """The registry layout: every part's state is an object; the parts whose layout is known here are
+    checked like version 1's keys (the others by their own ``load_state_dict``)."""
+    for name, value in parts.items():
+        r.mapping(value, f"parts.{name}")
+    if "schedule" in parts:
+        s, key = parts["schedule"], "parts.schedule"
+        r.number(r.need(s, "base_lr", f"{key}.base_lr"), f"{key}.base_lr", 0.0, 1e6, above=True)
+        r.integer(s.get("cycle_start", 0), f"{key}.cycle_start", 0, epoch)
+        if s.get("scheduler") is not None:
+            r.mapping(s["scheduler"], f"{key}.scheduler")
+    if "loop" in parts:
+        loop, key = parts["loop"], "parts.loop"
+        r.integer(r.need(loop, "skipped", f"{key}.skipped"), f"{key}.skipped", 0, MAX_COUNT)
+        if loop.get("tracker") is not None:
+            r.mapping(loop["tracker"], f"{key}.tracker")
+    if "callbacks" in parts:
+        _callbacks(r, r.need(parts["callbacks"], "list", "parts.callbacks.list"), "parts.callbacks.list")
+    for name, check in (("rng", _rng), ("optimizer", _optimizer)):
+        if name in parts:
+            key = f"parts.{name}.meta"
+            check(r, r.mapping(r.need(parts[name], "meta", key), key), key)
+
+
+def _callbacks(r: Reader, entries: Any, key: str) -> None:
+    for i, entry in enumerate(r.items(entries, key, 0, 10_000)):
+        cb = r.mapping(entry, f"{key}[{i}]")
+        r.string(r.need(cb, "class", f"{key}[{i}].class"), f"{key}[{i}].class", max_len=256)
+        r.mapping(r.need(cb, "state", f"{key}[{i}].state"), f"{key}[{i}].state")
+
+
+def _optimizer(r: Reader, opt: dict[str, Any], key: str) -> None:
+    r.string(r.need(opt, "class", f"{key}.class"), f"{key}.class", max_len=256)
+    groups = r.items(r.need(opt, "groups", f"{key}.groups"), f"{key}.groups", 1, 100_000)
+    for i, group in enumerate(groups):
+        g = r.mapping(group, f"{key}.groups[{i}]")
         if "lr" in g:
-            r.number(g["lr"], f"optimizer.groups[{i}].lr", 0.0, 1e6)
-    scalars = r.mapping(r.need(opt, "scalars", "optimizer.scalars"), "optimizer.scalars")
+            r.number(g["lr"], f"{key}.groups[{i}].lr", 0.0, 1e6)
+    scalars = r.mapping(r.need(opt, "scalars", f"{key}.scalars"), f"{key}.scalars")
     for name, values in scalars.items():
-        r.mapping(values, f"optimizer.scalars.{name}")
+        r.mapping(values, f"{key}.scalars.{name}")
 
 
-def _rng(r: Reader, rng: dict[str, Any]) -> None:
-    py = r.items(r.need(rng, "python", "rng.python"), "rng.python", 3, 3)
-    r.integer(py[0], "rng.python[0]", 1, 3)
-    words = r.items(py[1], "rng.python[1]", _MT_WORDS + 1, _MT_WORDS + 1)
+def _rng(r: Reader, rng: dict[str, Any], key: str) -> None:
+    py = r.items(r.need(rng, "python", f"{key}.python"), f"{key}.python", 3, 3)
+    r.integer(py[0], f"{key}.python[0]", 1, 3)
+    words = r.items(py[1], f"{key}.python[1]", _MT_WORDS + 1, _MT_WORDS + 1)
     for i, w in enumerate(words[:-1]):
-        r.integer(w, f"rng.python[1][{i}]", 0, 2**32 - 1)
-    r.integer(words[-1], f"rng.python[1][{_MT_WORDS}]", 0, _MT_WORDS)
+        r.integer(w, f"{key}.python[1][{i}]", 0, 2**32 - 1)
+    r.integer(words[-1], f"{key}.python[1][{_MT_WORDS}]", 0, _MT_WORDS)
     if py[2] is not None:
-        r.number(py[2], "rng.python[2]", -1e308, 1e308)
-    np_state = r.items(r.need(rng, "numpy", "rng.numpy"), "rng.numpy", 4, 4)
-    r.string(np_state[0], "rng.numpy[0]", ("MT19937",))
-    r.integer(np_state[1], "rng.numpy[1]", 0, _MT_WORDS)
-    r.integer(np_state[2], "rng.numpy[2]", 0, 1)
-    r.number(np_state[3], "rng.numpy[3]", -1e308, 1e308)
+        r.number(py[2], f"{key}.python[2]", -1e308, 1e308)
+    np_state = r.items(r.need(rng, "numpy", f"{key}.numpy"), f"{key}.numpy", 4, 4)
+    r.string(np_state[0], f"{key}.numpy[0]", ("MT19937",))
+    r.integer(np_state[1], f"{key}.numpy[1]", 0, _MT_WORDS)
+    r.integer(np_state[2], f"{key}.numpy[2]", 0, 1)
+    r.number(np_state[3], f"{key}.numpy[3]", -1e308, 1e308)
 
 
 def _tensor(tensors: dict[str, torch.Tensor], key: str, source: str, dtype: torch.dtype,
@@ -98,6 +135,18 @@ def training_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, Any], sou
     if meta["step"] > 0:
         _tensor(tensors, "tracker.loss", source, torch.float64, ())
         _tensor(tensors, "tracker.correct", source, torch.float64, None)
+
+
+def decoded_parts(parts: dict[str, Any], params: dict[str, torch.Tensor], source: str) -> None:
+    """The registry layout once its tensors are put back: the RNG and optimizer tensors checked as
+    :func:`training_tensors` and :func:`optimizer_tensors` check version 1's."""
+    rng = parts.get("rng", {}).get("tensors")
+    if isinstance(rng, dict):
+        _tensor(rng, "rng.torch", source, torch.uint8, tuple(torch.get_rng_state().shape))
+        _tensor(rng, "rng.numpy", source, torch.int64, (_MT_WORDS,))
+    opt = parts.get("optimizer", {}).get("tensors")
+    if isinstance(opt, dict):
+        optimizer_tensors(opt, params, source)
 
 
 def optimizer_tensors(tensors: dict[str, torch.Tensor], params: dict[str, torch.Tensor], source: str) -> None:

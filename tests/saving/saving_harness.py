@@ -10,10 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
-from helpers import TinyNet
+from helpers import TinyNet, make_images
 
 from finetunekit import FineTuner
+from finetunekit.callbacks import BackupAndRestore, LambdaCallback
+
+X, Y = make_images(48, 3, 16, seed=1)
 
 
 def tuner(**kw: Any) -> FineTuner:
@@ -81,3 +85,23 @@ def edit_manifest(folder: Path, change: Callable[[dict[str, Any]], Any]) -> None
 
 def entry(data: bytes) -> dict[str, Any]:
     return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+
+class Crash(Exception):
+    pass
+
+
+def interrupted_backup(root: Path, at: int = 5) -> Path:
+    """A backup dir holding one mid-epoch backup of a fit that crashed at global step ``at``."""
+    ft = tuner()
+
+    def crash(batch: int, logs: dict[str, float]) -> None:
+        if batch == at:
+            raise Crash
+
+    backup = root / "bk"
+    callbacks = [BackupAndRestore(backup, save_freq=4), LambdaCallback(on_train_batch_end=crash)]
+    with pytest.raises(Crash):
+        ft.fit(X, Y, batch_size=8, epochs=2, verbose=0, callbacks=callbacks)
+    (only,) = BackupAndRestore(backup).checkpoints()
+    return only

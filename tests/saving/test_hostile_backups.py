@@ -11,35 +11,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from helpers import make_images
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
-from saving_harness import edit_json, reseal, same, snapshot, tuner, weights
+from saving_harness import X, Y, edit_json, interrupted_backup, reseal, same, snapshot, tuner, weights
 
-from finetunekit.callbacks import BackupAndRestore, LambdaCallback
+from finetunekit.callbacks import BackupAndRestore
 from finetunekit.errors import CheckpointError
-
-X, Y = make_images(48, 3, 16, seed=1)
-
-
-class Crash(Exception):
-    pass
-
-
-def interrupted_backup(root: Path, at: int = 5) -> Path:
-    """A backup dir holding one mid-epoch backup of a fit that crashed at global step ``at``."""
-    ft = tuner()
-
-    def crash(batch: int, logs: dict[str, float]) -> None:
-        if batch == at:
-            raise Crash
-
-    backup = root / "bk"
-    callbacks = [BackupAndRestore(backup, save_freq=4), LambdaCallback(on_train_batch_end=crash)]
-    with pytest.raises(Crash):
-        ft.fit(X, Y, batch_size=8, epochs=2, verbose=0, callbacks=callbacks)
-    (only,) = BackupAndRestore(backup).checkpoints()
-    return only
 
 
 def resume_refused(backup: Path, words: str, x: Any = X, **compile_kw: Any) -> None:
