@@ -80,16 +80,19 @@ def write_checkpoint(
 
         parse_config(files["config.json"], "the config to be saved (config.json)")
     staging = folder.parent / f".{folder.name}.partial-{uuid.uuid4().hex[:8]}"
+    lock = lock_path(folder)
     marker_fd: int | None = None
     try:
         check_replaceable(folder)
-        staging.mkdir()
-        marker_fd = os.open(staging / _WRITING, os.O_RDWR | os.O_CREAT, 0o644)
-        fs.hold_lock(marker_fd)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with fs.exclusive(lock):  # cleaners hold it too: none sees the staging folder before it is locked
+            staging.mkdir()
+            marker_fd = os.open(staging / _WRITING, os.O_RDWR | os.O_CREAT, 0o644)
+            fs.hold_lock(marker_fd)
         for name, data in files.items():
             atomic_write_bytes(staging / name, data)
         atomic_write_bytes(staging / MANIFEST, manifest_bytes(files, meta))
-        with fs.exclusive(folder.parent / f".{folder.name}.lock"):
+        with fs.exclusive(lock):
             remove_leftovers(folder)
             check_replaceable(folder)  # again: another process may have created it meanwhile
             os.unlink(staging / _WRITING)
@@ -103,6 +106,11 @@ def write_checkpoint(
     finally:
         if marker_fd is not None:
             os.close(marker_fd)
+
+
+def lock_path(folder: Path) -> Path:
+    """The lock every writer and cleaner of ``folder`` holds while it creates, swaps or removes."""
+    return folder.parent / f".{folder.name}.lock"
 
 
 def check_replaceable(folder: Path) -> None:
@@ -308,14 +316,18 @@ def newer_format(folder: Path) -> int | None:
 def remove_abandoned_staging(parent: Path, prefix: str) -> list[Path]:
     """Staging and trash folders of killed writes to ``parent/<prefix>*``: only those whose writer is
     provably gone (its lock is free, or it died before writing anything but our files)."""
-    pattern = re.compile(rf"^\.{re.escape(prefix)}[^/]*\.(partial|trash)-[0-9a-f]{{8}}$")
+    pattern = re.compile(rf"^\.({re.escape(prefix)}[^/]*?)(\.previous)?\.(partial|trash)-[0-9a-f]{{8}}$")
     removed: list[Path] = []
     if not parent.is_dir():
         return removed
     for p in list(parent.iterdir()):
-        if pattern.match(p.name) and p.is_dir() and not p.is_symlink() and _abandoned(p):
-            shutil.rmtree(p, ignore_errors=True)
-            removed.append(p)
+        match = pattern.match(p.name)
+        if match is None or not p.is_dir() or p.is_symlink():
+            continue
+        with fs.exclusive(lock_path(parent / match.group(1))):  # as the writers of that folder do
+            if _abandoned(p):
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
     return removed
 
 

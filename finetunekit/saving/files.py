@@ -216,10 +216,11 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     file or the new one; the temp file of a killed write is removed by the next write to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path.parent, path.name)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
+    with exclusive(path.parent / f".{path.name}.lock"):  # no cleaner sees the temp file unlocked
+        remove_stale_temps(path.parent, path.name)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         hold_lock(fd)
+    try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

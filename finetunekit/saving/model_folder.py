@@ -98,6 +98,28 @@ def _unverified(folder: Path) -> dict[str, bytes]:
     return out
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_ino, info.st_mtime_ns
+
+
+def _read_settled(path: Path, folder: str | os.PathLike[str]) -> dict[str, bytes]:
+    """The verified files; when a concurrent save swapped the folder while it was read (the manifest
+    of one save, a file of the next), read again, up to three times, before calling it corrupt."""
+    for attempt in range(3):
+        before = _identity(path)
+        try:
+            return checkpoint.read_checkpoint(path, required=(CONFIG_FILE, MODEL_FILE))[0]
+        except CheckpointError:
+            path = checkpoint.resolve(folder)
+            if attempt == 2 or _identity(path) == before:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def load_model_folder(
     folder: str | os.PathLike[str], verify: bool = True
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -107,10 +129,7 @@ def load_model_folder(
     checksum is verified before a byte is parsed. ``verify=False`` loads a folder without one (an
     older or hand-made save) after the same value checks; it is never the silent fallback."""
     path = checkpoint.resolve(folder)
-    if verify:
-        files, _ = checkpoint.read_checkpoint(path, required=(CONFIG_FILE, MODEL_FILE))
-    else:
-        files = _unverified(path)
+    files = _read_settled(path, folder) if verify else _unverified(path)
     config = parse_config(files[CONFIG_FILE], repr(str(path / CONFIG_FILE)))
     state = parse_weights(files[MODEL_FILE], repr(str(path / MODEL_FILE)))
     validate.finite_tensors(state, repr(str(path / MODEL_FILE)))

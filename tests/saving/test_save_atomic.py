@@ -173,3 +173,24 @@ def test_kill_9_at_random_instants_leaves_the_old_or_the_new_save(tmp_path: Path
         assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
     assert time.monotonic() - start < 60
     assert len(seen) >= 2, seen  # kills struck while either version was the current one
+
+
+def test_loads_during_concurrent_saves_see_one_complete_version(tmp_path: Path) -> None:
+    a, b = two_versions()
+    path = tmp_path / "m"
+    a.save(path)
+    child = fork.Process(target=_save_forever, args=(a, b, path))
+    child.start()
+    try:
+        versions = {consistent(path, a, b) for _ in range(20)}  # each load: one whole save, no error
+    finally:
+        os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        child.join()
+    assert versions <= {"a", "b"}
+
+
+def test_save_creates_missing_parent_folders(tmp_path: Path) -> None:
+    a, b = two_versions()
+    a.save(tmp_path / "runs" / "exp" / "m")
+    assert consistent(tmp_path / "runs" / "exp" / "m", a, b) == "a"
+    assert sorted(p.name for p in (tmp_path / "runs" / "exp").iterdir()) == ["m"]
