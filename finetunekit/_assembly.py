@@ -52,11 +52,11 @@ def model_config(
 
 
 def backbone_from_folder(
-    path: str | os.PathLike[str], model: nn.Module | None
+    path: str | os.PathLike[str], model: nn.Module | None, *, verify: bool = True
 ) -> tuple[Backbone, dict[str, torch.Tensor], dict[str, Any]]:
     """(backbone rebuilt without network, saved weights, saved config); ``model`` supplies the module
     of a custom backbone."""
-    state, config = saving.load_model_folder(path)
+    state, config = saving.load_model_folder(path, verify=verify)
     num_classes, saved = int(config["num_classes"]), config["backbone"]
     if model is not None:
         built = build_backbone(model, num_classes, pretrained=False, in_chans=int(config["in_chans"]),

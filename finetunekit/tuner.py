@@ -33,7 +33,7 @@ from finetunekit.strategies.apply import (
 )
 from finetunekit.tools import learning_curve as _lc
 from finetunekit.tools import wise
-from finetunekit.training import compile_config, feature_cache, inference, setup
+from finetunekit.training import compile_config, feature_cache, inference, preflight, setup
 from finetunekit.training.compile_config import CompileConfig
 from finetunekit.training.compute import Compute, ComputeConfig
 from finetunekit.training.determinism import deterministic_mode, seed_everything
@@ -97,6 +97,9 @@ class FineTuner:
         self._wise_end: tuple[Any, dict[str, torch.Tensor]] | None = None
         self._wise_alpha: float | None = None
         self._compile_kwargs: dict[str, Any] | None = None
+        self._head_at_init: dict[str, torch.Tensor] | None = preflight.head_snapshot(
+            self.model, built.groups[-1].param_names
+        )  # [persist]
 
     @property
     def groups(self) -> list[assembly.GroupInfo]:
@@ -200,6 +203,7 @@ class FineTuner:
             self, view=self._model_view(), optimizer=self.optimizer, compiled=self._compiled,
             compute=self._compute, ema=self._ema, seed=self.seed, num_classes=self.num_classes,
             spec=self.spec, model_config=self._model_config(), train=train, val=val, dist=dist, args=args,
+            bn_training=preflight.training_norms(self.strategy, self._norms_by_group, epochs),
         )  # fmt: skip
         self._planned_epochs, self.stop_training, self._trainer = epochs, False, trainer
         try:
@@ -272,6 +276,7 @@ class FineTuner:
             self.compile()
         assert self._compiled is not None
         data = self._prepare(x, y, augment=False, what="x")
+        self._head_at_init = preflight.warn_if_untrained(self.model, self._head_at_init, "evaluate()")
         return inference.evaluate(self.eval_model, data, run_for(self), batch_size, owner=self,
                                   compute=self._compute_path(), loss_fn=self._compiled.loss_fn,
                                   metrics=self._compiled.metrics, callbacks=callbacks or [],
@@ -284,6 +289,7 @@ class FineTuner:
         the image and its horizontal mirror."""
         check_positive_int("batch_size", batch_size)
         data = self._prepare(x, None, augment=False, what="x", require_labels=False)
+        self._head_at_init = preflight.warn_if_untrained(self.model, self._head_at_init, "predict()")
         return inference.predict(self.eval_model, data, run_for(self), batch_size, owner=self,
                                  compute=self._compute_path(), num_classes=self.num_classes,
                                  callbacks=callbacks or [], tta=tta)  # fmt: skip
@@ -305,9 +311,11 @@ class FineTuner:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, device: str | torch.device = "auto",
-             model: nn.Module | None = None, distributed: bool | None = None) -> FineTuner:  # fmt: skip
-        """Rebuild a saved FineTuner without network. ``model=`` supplies the module for custom backbones."""
-        built, state, config = assembly.backbone_from_folder(path, model)
+             model: nn.Module | None = None, distributed: bool | None = None,
+             verify: bool = True) -> FineTuner:  # fmt: skip
+        """Rebuild a saved FineTuner without network. ``model=`` supplies the module for custom backbones.
+        ``verify=False`` loads a folder without a manifest (values are still checked; docs/reliability.md)."""
+        built, state, config = assembly.backbone_from_folder(path, model, verify=verify)
         self = cls.__new__(cls)
         self.seed, self.distributed, self.sync_bn = None, distributed, False  # [distributed]
         self.device, self.strategy = resolve_device(device), resolve_strategy(None)
@@ -315,6 +323,7 @@ class FineTuner:
                                  config.get("class_names"))  # fmt: skip
         assembly.load_weights(self.model, state, path, config)
         self._pretrained_state = backbone_state(self.model, built.head_path)  # the loaded starting point
+        self._head_at_init = None  # [persist] a loaded model counts as trained
         return self
 
     def find_lr(self, x: Any = None, y: Any = None, *, start_lr: float = 1e-7, end_lr: float = 10.0,

@@ -74,19 +74,30 @@ def resolve_spec(spec: str) -> tuple[str, str]:
     raise _not_found(spec, REGISTRIES)
 
 
+# The most a saved config may hold (finetunekit.saving.validate): what is built here can be saved and loaded.
+MAX_CLASSES, MAX_CHANNELS, MAX_SIDE = 1_000_000, 1024, 4096
+
+
 def _check_args(num_classes: int, in_chans: int, image_size: Any) -> None:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ConfigError(
-            f"num_classes={num_classes!r}: expected an int >= 1. Fix: pass e.g. num_classes=10."
-        )
-    if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
-        raise ConfigError(f"in_chans={in_chans!r}: expected an int >= 1 (1 gray, 3 RGB). Fix: in_chans=3.")
-    sizes = [image_size] if isinstance(image_size, int) else list(image_size or [])
-    if image_size is not None and (
-        len(sizes) not in (1, 2) or not all(isinstance(s, int) and s > 0 for s in sizes)
+    if (
+        isinstance(num_classes, bool)
+        or not isinstance(num_classes, int)
+        or not 1 <= num_classes <= MAX_CLASSES
     ):
         raise ConfigError(
-            f"image_size={image_size!r}: expected a positive int or (height, width). Fix: e.g. image_size=64."
+            f"num_classes={num_classes!r}: expected an int in [1, {MAX_CLASSES}]. Fix: e.g. num_classes=10."
+        )
+    if isinstance(in_chans, bool) or not isinstance(in_chans, int) or not 1 <= in_chans <= MAX_CHANNELS:
+        raise ConfigError(
+            f"in_chans={in_chans!r}: expected an int in [1, {MAX_CHANNELS}] (1 gray, 3 RGB). Fix: in_chans=3."
+        )
+    sizes = [image_size] if isinstance(image_size, int) else list(image_size or [])
+    if image_size is not None and (
+        len(sizes) not in (1, 2) or not all(isinstance(s, int) and 0 < s <= MAX_SIDE for s in sizes)
+    ):
+        raise ConfigError(
+            f"image_size={image_size!r}: expected a positive int (at most {MAX_SIDE}) or (height, width). "
+            "Fix: e.g. image_size=64."
         )
 
 

@@ -41,16 +41,43 @@ def read_state_dict(source: WeightsSource) -> tuple[dict[str, Tensor], str]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return _unwrap(load_file(str(path), device="cpu"), str(path)), str(path)
+        try:
+            return _unwrap(load_file(str(path), device="cpu"), str(path)), str(path)
+        except Exception as e:  # SafetensorError, OSError, ...: no common base class
+            raise WeightsMismatchError(
+                f"weights={str(path)!r} is not a valid safetensors file ({type(e).__name__}: "
+                f"{str(e)[:160]}); by its first bytes it is {sniff(path)}. Fix: pass the file under the "
+                "suffix of what it is (.pth/.pt for torch.save files), or re-save it with "
+                "safetensors.torch.save_file(model.state_dict(), path)."
+            ) from e
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors have no common base class
         raise WeightsMismatchError(
-            f"weights={str(path)!r} could not be read safely ({type(e).__name__}: {str(e)[:200]}). "
-            "finetunekit only loads tensors (torch.load(weights_only=True)), never pickled objects. "
-            "Fix: re-save it as torch.save(model.state_dict(), path) or as .safetensors."
+            f"weights={str(path)!r} could not be read safely ({type(e).__name__}: {str(e)[:200]}); by its "
+            f"first bytes it is {sniff(path)}. finetunekit only loads tensors "
+            "(torch.load(weights_only=True)), never pickled objects. Fix: re-save it as "
+            "torch.save(model.state_dict(), path) or as .safetensors (and name it by what it is)."
         ) from e
     return _unwrap(obj, str(path)), str(path)
+
+
+def sniff(path: Path) -> str:
+    """What a weights file is by its first bytes, whatever its suffix says."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+    if not head:
+        return "empty"
+    if head.startswith(b"PK\x03\x04"):
+        return "a torch.save (zip) file"
+    if head[:1] == b"\x80":
+        return "a pickle"
+    if len(head) > 8 and head[8:9] == b"{":
+        return "a safetensors file (possibly truncated)"
+    return "of an unknown kind"
 
 
 def _unwrap(obj: object, label: str) -> dict[str, Tensor]:

@@ -9,7 +9,9 @@ continues exactly as if never stopped.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,8 +19,11 @@ from typing import Any
 from finetunekit.callbacks.base import Callback, Logs
 from finetunekit.errors import CheckpointError, ConfigError
 from finetunekit.saving import checkpoint
+from finetunekit.saving.files import probe_writable
 
 _PREFIX = "ckpt-"
+_NAME = re.compile(r"^ckpt-e\d{6}-s\d{7}$")  # [persist] exactly the names _save writes
+WRITER = "BackupAndRestore"  # [persist] in the manifest: what proves a backup is ours to remove
 
 
 def check_save_freq(owner: str, save_freq: Any) -> str | int:
@@ -60,7 +65,7 @@ class BackupAndRestore(Callback):
         """Complete-looking backups, newest first (each is verified before use)."""
         if not self.backup_dir.is_dir():
             return []
-        found = [p for p in self.backup_dir.iterdir() if p.name.startswith(_PREFIX) and p.is_dir()]
+        found = [p for p in self.backup_dir.iterdir() if _NAME.match(p.name) and p.is_dir()]
         return sorted(found, key=lambda p: p.name, reverse=True)
 
     def restore_fit(self) -> None:
@@ -70,9 +75,7 @@ class BackupAndRestore(Callback):
             try:
                 checkpoint.verify(folder)
             except CheckpointError as e:
-                # Removed, so that it is neither tried again nor counted among the two backups kept.
-                warnings.warn(f"skipping (and removing) a bad backup: {e}", RuntimeWarning, stacklevel=2)
-                shutil.rmtree(folder, ignore_errors=True)
+                _set_aside(folder, e)  # [persist] renamed, never deleted: it is not provably ours
                 continue
             run.request_restore(folder)
             return
@@ -90,6 +93,11 @@ class BackupAndRestore(Callback):
             )
             self._batch_freq = None
         self._remove_partials()
+        need = 3 * sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+        what = f"BackupAndRestore(backup_dir={str(self.backup_dir)!r})"  # [persist] probe before step 1
+        self.require_run().run_on_main(
+            lambda: probe_writable(self.backup_dir, what, need), "BackupAndRestore"
+        )
 
     def on_train_batch_end(self, batch: int, logs: Logs | None = None) -> None:
         if self._batch_freq is None:
@@ -105,7 +113,7 @@ class BackupAndRestore(Callback):
 
     def on_train_end(self, logs: Logs | None = None) -> None:
         def delete() -> None:
-            for folder in self.checkpoints():
+            for folder in self._own(self.checkpoints()):
                 shutil.rmtree(folder, ignore_errors=True)
             self._remove_partials()
 
@@ -118,14 +126,41 @@ class BackupAndRestore(Callback):
         def write() -> None:
             name = f"{_PREFIX}e{epoch:06d}-s{step:07d}"
             files = run.capture_state(epoch, step)
-            checkpoint.write_checkpoint(self.backup_dir / name, files, {"kind": "training"})
-            for old in self.checkpoints()[2:]:  # the newest two stay: the second is the fallback
+            checkpoint.write_checkpoint(self.backup_dir / name, files, {"kind": "training", "writer": WRITER})
+            for old in self._own(self.checkpoints())[2:]:  # the newest two stay: the second is the fallback
                 shutil.rmtree(old, ignore_errors=True)
 
         run.run_on_main(write, "BackupAndRestore")
 
     def _remove_partials(self) -> None:
-        if self.backup_dir.is_dir():
-            for p in self.backup_dir.iterdir():
-                if p.name.startswith(f".{_PREFIX}") and ".partial-" in p.name:
-                    shutil.rmtree(p, ignore_errors=True)
+        """Only staging folders of writes provably killed (see finetunekit.saving.checkpoint)."""
+        checkpoint.remove_abandoned_staging(self.backup_dir, _PREFIX)
+
+    @staticmethod
+    def _own(folders: list[Path]) -> list[Path]:
+        """The backups this callback wrote (its manifest marker), so nothing else is ever removed."""
+        return [f for f in folders if checkpoint.written_by(f, WRITER)]
+
+
+def _set_aside(folder: Path, error: CheckpointError) -> None:
+    """A backup that cannot be used: one of a newer finetunekit stops the fit (it is valid, for that
+    version); a corrupt one is renamed ``<name>.corrupt-<id>`` so it is neither retried nor counted
+    among the two kept, and nothing is deleted."""
+    version = checkpoint.newer_format(folder)
+    if version is not None:
+        raise CheckpointError(
+            f"backup {str(folder)!r} was written by a newer finetunekit (format_version {version}; this "
+            f"one reads up to {checkpoint.FORMAT_VERSION}); it was left untouched. Upgrade finetunekit to "
+            "resume from it, or point backup_dir at another folder to start fresh."
+        ) from error
+    if not checkpoint.written_by(folder, WRITER):  # not provably a backup of ours: not even renamed
+        warnings.warn(f"skipping {str(folder)!r}, which is not a usable backup (left untouched): {error}",
+                      RuntimeWarning, stacklevel=3)  # fmt: skip
+        return
+    aside = folder.with_name(f"{folder.name}.corrupt-{uuid.uuid4().hex[:6]}")
+    os.replace(folder, aside)
+    warnings.warn(
+        f"skipping a bad backup (kept as {str(aside)!r} for inspection; delete it when done): {error}",
+        RuntimeWarning,
+        stacklevel=3,
+    )

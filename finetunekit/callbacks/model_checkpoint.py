@@ -66,6 +66,15 @@ class ModelCheckpoint(Callback):
         self._warned_missing = False
 
     # -- hooks -----------------------------------------------------------------------------------------
+    def on_train_begin(self, logs: Logs | None = None) -> None:
+        """[persist] A read-only, full or file-typed destination fails now, not at the first save."""
+        single = self.filepath.endswith(".safetensors")
+        need = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+        need *= 1 if self.save_weights_only else 3
+        what = f"ModelCheckpoint(filepath={self.filepath!r})"
+        probe = lambda: checkpoint.probe_destination(self.filepath, what, need, single)  # noqa: E731
+        self.require_run().run_on_main(probe, "ModelCheckpoint")
+
     def on_train_batch_end(self, batch: int, logs: Logs | None = None) -> None:
         if not isinstance(self.save_freq, int):
             return

@@ -1,6 +1,7 @@
 """Turn what users pass to fit/evaluate/predict into DataLoaders, Keras-style (see docs/data.md)."""
 
+from finetunekit.data.folders import ImageFolder
 from finetunekit.data.loaders import make_loader, split_validation
 from finetunekit.data.prepare import PreparedData, prepare_data
 
-__all__ = ["PreparedData", "make_loader", "prepare_data", "split_validation"]
+__all__ = ["ImageFolder", "PreparedData", "make_loader", "prepare_data", "split_validation"]

@@ -156,14 +156,6 @@ class FolderDataset(TransformedDataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> Sample:
-        from PIL import Image, UnidentifiedImageError
+        from finetunekit.data.images import load_image  # EXIF orientation, 16-bit scaling
 
-        path = self.files[index]
-        try:
-            with Image.open(path) as image:
-                image.load()
-                tensor = to_chw_uint8(image, self.transform.in_chans, str(path))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(f"could not decode image file {path} ({exc}); remove or replace it.") from exc
-        assert tensor is not None  # PIL images are always uint8 here
-        return self.transform(tensor), self.labels[index]
+        return self.transform(load_image(self.files[index], self.transform.in_chans)), self.labels[index]

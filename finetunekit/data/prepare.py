@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -70,7 +69,7 @@ def prepare_data(
     if isinstance(x, DataLoader):
         return PreparedData(dataset=None, loader=x, labels=None, class_names=None, num_samples=_loader_len(x))
     if isinstance(x, (str, os.PathLike)):
-        files, labels, names = scan_folder(Path(x), num_classes, what)
+        files, labels, names = scan_folder(x, num_classes, what)  # x may be an ImageFolder (its policy)
         return PreparedData(FolderDataset(files, labels, transform), None, labels, names, len(files))
     if isinstance(x, Dataset):
         return _from_dataset(x, transform, require_labels, num_classes, what)

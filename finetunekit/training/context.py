@@ -77,6 +77,7 @@ class FitParts(Protocol):
     state: Any  # finetunekit.training.state.TrainingState
     saved_generator: torch.Tensor | None
     model_config: dict[str, Any]
+    compile_kwargs: dict[str, Any] | None  # compile()'s arguments, fingerprinted by backups
     steps_per_epoch: int
     epochs: int
 

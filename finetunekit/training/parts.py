@@ -17,7 +17,7 @@ from torch import nn
 from finetunekit.errors import CheckpointError
 from finetunekit.metrics import MetricTracker
 from finetunekit.saving import flat_state
-from finetunekit.training import loader_state
+from finetunekit.training import loader_state, resume_checks
 from finetunekit.training.context import FitParts
 from finetunekit.training.state import TrainingState
 
@@ -142,7 +142,7 @@ class CallbacksPart:
             index = seen[name] = seen.get(name, -1) + 1
             states = by_class.get(name, [])
             if index < len(states):
-                cb.load_state_dict(states[index])
+                resume_checks.load_callback_state(cb, states[index], name, index)  # errors name it
 
 
 class LoaderPart:
@@ -176,6 +176,8 @@ def register_parts(trainer: FitParts) -> TrainingState:
     """Every stateful part of ``trainer``'s fit, registered once; a part that a compile option turns on
     (EMA, mixing) is registered when it is on."""
     state = TrainingState()
+    # Callbacks first: a state a callback refuses stops the restore before any weight is replaced.
+    state.register("callbacks", CallbacksPart(trainer.callbacks))
     state.register("model", ModelPart(trainer.model))
     state.register("optimizer", OptimizerPart(trainer.optimizer, trainer.model))
     state.register("schedule", SchedulePart(trainer))
@@ -185,7 +187,6 @@ def register_parts(trainer: FitParts) -> TrainingState:
         state.register("ema", EMAPart(trainer.ema))
     if trainer.mixer is not None:
         state.register("mixing", trainer.mixer)
-    state.register("callbacks", CallbacksPart(trainer.callbacks))
     state.register("loader", LoaderPart(trainer))
     state.register("rng", RngPart())
     return state

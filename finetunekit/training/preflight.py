@@ -12,16 +12,20 @@ every RNG state put back, so it changes neither the weights, BatchNorm statistic
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import BatchSampler
 
 from finetunekit.data import PreparedData
 from finetunekit.errors import DataError
+
+NormSizes = dict[nn.Module, int]  # BatchNorm module -> values per channel a single sample gives it
 
 _PROBE_ITEMS = 3  # the first two and the last sample
 
@@ -97,12 +101,25 @@ def _check_size(model: nn.Module, shape: tuple[int, ...], spec: str) -> None:
     )
 
 
+def _record_norm_sizes(model: nn.Module, sizes: NormSizes) -> list[Any]:
+    """Hooks that note, per BatchNorm, how many values per channel one sample gives it (1 after
+    global pooling or on 1x1 maps: then a batch of one cannot train it)."""
+
+    def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        x = args[0]
+        sizes[module] = x.numel() // max(1, x.shape[0] * (x.shape[1] if x.ndim > 1 else 1))
+
+    norms = (m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+    return [m.register_forward_pre_hook(hook) for m in norms]
+
+
 def probe_forward(
     model: nn.Module, data: PreparedData, device: torch.device, num_classes: int, spec: str
-) -> None:
-    """Run a few training samples through the model; raise DataError naming the input if that fails."""
+) -> NormSizes | None:
+    """Run a few training samples through the model; raise DataError naming the input if that fails.
+    Returns what each BatchNorm sees per sample (None when the data is a user's DataLoader)."""
     if data.dataset is None or not data.num_samples:
-        return  # a user's DataLoader: reading from it would consume its first batch
+        return None  # a user's DataLoader: reading from it would consume its first batch
     with _untouched_rngs():
         items = _sample_items(data)
     shapes = {tuple(t.shape) for _, t in items}
@@ -117,6 +134,8 @@ def probe_forward(
     batch = torch.stack([t for _, t in items]).to(device)
     was_training = model.training
     model.eval()
+    sizes: NormSizes = {}
+    hooks = _record_norm_sizes(model, sizes)
     try:
         with torch.no_grad(), _untouched_rngs():
             out = model(batch)
@@ -129,8 +148,84 @@ def probe_forward(
         ) from e
     finally:
         model.train(was_training)
+        for h in hooks:
+            h.remove()
     if out.ndim != 2 or out.shape[1] != num_classes:
         raise DataError(
             f"{spec} returned outputs of shape {tuple(out.shape)} for {len(batch)} images; expected "
             f"({len(batch)}, {num_classes}) logits. Check the model's head and num_classes."
         )
+    return sizes
+
+
+def training_norms(
+    strategy: Any, norms_by_group: Sequence[Sequence[nn.Module]], epochs: int
+) -> list[nn.Module]:
+    """BatchNorm modules that run in training mode in some epoch of the plan (trainable groups, and
+    frozen ones too when the strategy has ``train_bn``)."""
+    found: dict[int, nn.Module] = {}
+    for epoch in range(epochs):
+        plan = strategy.plan(len(norms_by_group), epoch)
+        for scale, norms in zip(plan, norms_by_group, strict=True):
+            if scale is not None or strategy.train_bn:
+                found.update((id(m), m) for m in norms)
+    return list(found.values())
+
+
+def check_last_batch(
+    loader: Any, data: PreparedData, sizes: NormSizes | None, norms: list[nn.Module]
+) -> None:
+    """A last batch of one sample would crash a BatchNorm that sees one value per channel per sample
+    ("Expected more than 1 value per channel when training"), after the epoch's other steps. Our own
+    loaders drop that batch (one warning); a user's DataLoader, which we do not alter, is refused."""
+    sampler = getattr(loader, "batch_sampler", None)
+    if not norms or not isinstance(sampler, BatchSampler) or sampler.drop_last:
+        return
+    try:
+        n = len(sampler.sampler)  # type: ignore[arg-type]
+    except TypeError:
+        return
+    if n % sampler.batch_size != 1:
+        return
+    if sizes is not None and not any(sizes.get(m) == 1 for m in norms):
+        return  # every BatchNorm in training sees several values per sample: a batch of one trains
+    fix = f"use a batch_size that does not leave one sample over ({n} samples), or drop_last=True"
+    if data.loader is not None or n == 1:
+        raise DataError(
+            f"the last training batch holds 1 sample ({n} samples, batch_size={sampler.batch_size}) and the "
+            "model has BatchNorm layers in training mode, which cannot train on a single sample (torch "
+            f"raises after the epoch's other steps). Fix: {fix}."
+        )
+    sampler.drop_last = True
+    warnings.warn(
+        f"the last training batch would hold 1 sample ({n} samples, batch_size={sampler.batch_size}), which "
+        "BatchNorm layers in training mode cannot train on; it is dropped each epoch (1 sample unused). "
+        f"To use it, {fix.replace(', or drop_last=True', '')}.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def head_snapshot(model: nn.Module, head_params: Sequence[str]) -> dict[str, torch.Tensor]:
+    """A CPU copy of the freshly initialized head, to tell a model that was never trained."""
+    params = dict(model.named_parameters())
+    return {n: params[n].detach().cpu().clone() for n in head_params}
+
+
+def warn_if_untrained(
+    model: nn.Module, snapshot: dict[str, torch.Tensor] | None, action: str
+) -> dict[str, torch.Tensor] | None:
+    """Warn when ``action`` (predict / evaluate) runs on a model whose head is still the random one it
+    was built with; returns the snapshot while that holds, None once the head changed."""
+    if snapshot is None:
+        return None
+    params = dict(model.named_parameters())
+    if not all(n in params and torch.equal(params[n].detach().cpu(), t) for n, t in snapshot.items()):
+        return None
+    warnings.warn(
+        f"{action} runs before any training: the classifier head is still randomly initialized, so its "
+        "outputs are meaningless. Call fit() first, or load a trained model with FineTuner.load().",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return snapshot

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from finetunekit.callbacks import Callback, CallbackList
 from finetunekit.data import PreparedData, split_validation
@@ -73,14 +74,17 @@ def build_trainer(
     val: PreparedData | None,
     dist: Any,
     args: FitArgs,
+    bn_training: Sequence[nn.Module] = (),
 ) -> Trainer:
-    """Loaders (this rank's share under DDP), preflight checks, callbacks, then the Trainer."""
+    """Loaders (this rank's share under DDP), preflight checks, callbacks, then the Trainer.
+    ``bn_training``: the BatchNorm modules some epoch trains, for the last-batch-of-one check."""
     device = compute.device
     loader = dist.train_loader(train, args.batch_size, args.shuffle, seed, num_workers=args.num_workers)
     val_loader = dist.eval_loader(val, args.batch_size, num_workers=args.num_workers) if val else None
     preflight.check_same_classes(train, val)
     preflight.check_has_batches(loader)
-    preflight.probe_forward(view.model, train, device, num_classes, spec)
+    sizes = preflight.probe_forward(view.model, train, device, num_classes, spec)
+    preflight.check_last_batch(loader, train, sizes, list(bn_training))  # a last batch of one vs BatchNorm
     dist.seed_ranks(seed)
     steps = num_batches(loader)
     callbacks = CallbackList(

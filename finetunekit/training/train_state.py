@@ -23,9 +23,16 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from finetunekit.errors import CheckpointError
-from finetunekit.saving import checkpoint
-from finetunekit.saving.model_folder import CONFIG_FILE, FORMAT, FORMAT_VERSION, MODEL_FILE, tensors_to_bytes
-from finetunekit.training import loader_state
+from finetunekit.saving import checkpoint, validate, validate_training
+from finetunekit.saving.model_folder import (
+    CONFIG_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    MODEL_FILE,
+    parse_config,
+    tensors_to_bytes,
+)
+from finetunekit.training import loader_state, resume_checks
 from finetunekit.training.context import FitParts
 from finetunekit.training.state import decode, encode
 
@@ -66,6 +73,7 @@ def capture(trainer: FitParts, epoch: int, step: int) -> dict[str, bytes]:
         "steps_per_epoch": trainer.steps_per_epoch,
         "epochs": trainer.epochs,
         "parts": structure,
+        "fingerprints": resume_checks.fingerprints(trainer),  # [persist] compile settings and data
     }
     try:
         meta_bytes = json.dumps(meta, sort_keys=True).encode()
@@ -134,8 +142,10 @@ def _position(trainer: FitParts, epoch: int, step: int) -> ResumePoint:
 
 def _parse(files: dict[str, bytes], name: str, folder: Path) -> Any:
     """Safetensors or JSON only: a file of any other kind (a pickle, say) is refused, never run."""
+    if name.endswith(".json"):  # [persist] NaN, deep nesting, bad UTF-8: CheckpointError naming the file
+        return validate.parse_json(files[name], repr(str(folder / name)), finite=False)
     try:
-        return st_load(files[name]) if name.endswith(".safetensors") else json.loads(files[name])
+        return st_load(files[name])
     except Exception as e:  # safetensors and json raise their own types
         raise CheckpointError(
             f"{str(folder / name)!r} is not a valid {name.rsplit('.', 1)[1]} file ({type(e).__name__}); "
@@ -146,23 +156,26 @@ def _parse(files: dict[str, bytes], name: str, folder: Path) -> Any:
 def restore(trainer: FitParts, folder: str | Path) -> ResumePoint:
     """Put ``trainer``'s fit into the state saved in ``folder``; return where to continue.
 
-    Checksums are verified before anything is parsed; the schedule cycle of the saved epoch is set up
-    first (the schedule part loads into it), and the RNG states are restored last (the registry's
-    order), so the next batch sees exactly the saved generator states."""
-    files, _ = checkpoint.read_checkpoint(folder)
+    Checksums are verified and every value is checked before anything is changed; the schedule cycle of
+    the saved epoch is set up first (the schedule part loads into it), and the RNG states are restored
+    last (the registry's order), so the next batch sees exactly the saved generator states."""
+    files, _ = checkpoint.read_checkpoint(folder, required=(CONFIG_FILE, MODEL_FILE))
     folder = Path(folder)
-    if TRAINING_JSON not in files:
+    if TRAINING_JSON not in files or TRAINING_TENSORS not in files:
         raise CheckpointError(
             f"checkpoint {str(folder)!r} holds weights only (save_weights_only=True); expected a full "
             "training checkpoint to resume. Load the weights with FineTuner.load() instead."
         )
-    config = _parse(files, CONFIG_FILE, folder)
-    meta = _parse(files, TRAINING_JSON, folder)
+    config = parse_config(files[CONFIG_FILE], repr(str(folder / CONFIG_FILE)))  # [persist] validated
+    meta = validate_training.training_meta(
+        _parse(files, TRAINING_JSON, folder), repr(str(folder / TRAINING_JSON))
+    )
     _check_compatible(trainer, config, meta, folder)
     tensors = _parse(files, TRAINING_TENSORS, folder)
     parts = decode(meta["parts"], tensors)
     if parts.get("model") == {"in": MODEL_FILE}:
         parts["model"] = _parse(files, MODEL_FILE, folder)
+    resume_checks.check_restorable(trainer, meta, parts, folder)  # [persist] tensors, fingerprints
     epoch, step = int(meta["epoch"]), int(meta["step"])
     trainer.use_schedule_phase(epoch)
     trainer.state.load_state_dict(parts)

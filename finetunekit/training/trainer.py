@@ -86,6 +86,7 @@ class Trainer:
         self.owner, self.view, self.model = owner, view, view.model
         self.optimizer, self.compiled, self.ema, self.device = optimizer, compiled, ema, device
         self.model_config, self.callbacks = model_config, callbacks
+        self.compile_kwargs: dict[str, Any] | None = getattr(owner, "_compile_kwargs", None)
         self.loader, self.val_loader, self.dist = loader, val_loader, dist
         self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
         self.stepper = Stepper(compiled.compute, self.model, device, ema, compute)

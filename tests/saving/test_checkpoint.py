@@ -124,10 +124,11 @@ def test_resume_falls_back_to_the_previous_backup_when_the_newest_is_corrupt(tmp
     newest, _previous = BackupAndRestore(tmp_path / "bk").checkpoints()
     data = (newest / "model.safetensors").read_bytes()
     (newest / "model.safetensors").write_bytes(data[:100])
-    with pytest.warns(RuntimeWarning, match="skipping .and removing. a bad backup"):
+    with pytest.warns(RuntimeWarning, match="skipping a bad backup .kept as"):
         resumed = run(tmp_path / "bk")
     assert resumed is not None and reference is not None
-    assert not newest.exists()
+    assert not newest.exists()  # set aside for inspection, not deleted
+    assert [p for p in (tmp_path / "bk").iterdir() if p.name.startswith(newest.name + ".corrupt-")]
     assert all(torch.equal(reference[k], resumed[k]) for k in reference)
 
 
