@@ -14,7 +14,8 @@ from finetunekit.callbacks import BackupAndRestore, Callback, EarlyStopping
 from finetunekit.errors import CheckpointError
 from finetunekit.training.state import TrainingState, decode, encode
 
-EVERY_PART = ["model", "optimizer", "schedule", "loop", "stepper", "ema", "mixing", "callbacks", "loader",
+# callbacks first (a refused state stops a restore before any weight changes), rng last (after the loader)
+EVERY_PART = ["callbacks", "model", "optimizer", "schedule", "loop", "stepper", "ema", "mixing", "loader",
               "rng"]  # fmt: skip
 
 
