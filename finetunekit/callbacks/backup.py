@@ -18,7 +18,7 @@ from typing import Any
 
 from finetunekit.callbacks.base import Callback, Logs
 from finetunekit.errors import CheckpointError, ConfigError
-from finetunekit.saving import checkpoint
+from finetunekit.saving import checkpoint, destinations
 from finetunekit.saving.files import probe_writable
 
 _PREFIX = "ckpt-"
@@ -134,26 +134,26 @@ class BackupAndRestore(Callback):
 
     def _remove_partials(self) -> None:
         """Only staging folders of writes provably killed (see finetunekit.saving.checkpoint)."""
-        checkpoint.remove_abandoned_staging(self.backup_dir, _PREFIX)
+        destinations.remove_abandoned_staging(self.backup_dir, _PREFIX)
 
     @staticmethod
     def _own(folders: list[Path]) -> list[Path]:
         """The backups this callback wrote (its manifest marker), so nothing else is ever removed."""
-        return [f for f in folders if checkpoint.written_by(f, WRITER)]
+        return [f for f in folders if destinations.written_by(f, WRITER)]
 
 
 def _set_aside(folder: Path, error: CheckpointError) -> None:
     """A backup that cannot be used: one of a newer finetunekit stops the fit (it is valid, for that
     version); a corrupt one is renamed ``<name>.corrupt-<id>`` so it is neither retried nor counted
     among the two kept, and nothing is deleted."""
-    version = checkpoint.newer_format(folder)
+    version = destinations.newer_format(folder)
     if version is not None:
         raise CheckpointError(
             f"backup {str(folder)!r} was written by a newer finetunekit (format_version {version}; this "
             f"one reads up to {checkpoint.FORMAT_VERSION}); it was left untouched. Upgrade finetunekit to "
             "resume from it, or point backup_dir at another folder to start fresh."
         ) from error
-    if not checkpoint.written_by(folder, WRITER):  # not provably a backup of ours: not even renamed
+    if not destinations.written_by(folder, WRITER):  # not provably a backup of ours: not even renamed
         warnings.warn(f"skipping {str(folder)!r}, which is not a usable backup (left untouched): {error}",
                       RuntimeWarning, stacklevel=3)  # fmt: skip
         return

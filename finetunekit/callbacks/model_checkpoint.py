@@ -13,7 +13,7 @@ from finetunekit.callbacks.base import Callback, Logs
 from finetunekit.callbacks.early_stopping import _direction
 from finetunekit.callbacks.progbar import log_message
 from finetunekit.errors import ConfigError
-from finetunekit.saving import checkpoint
+from finetunekit.saving import checkpoint, destinations
 from finetunekit.saving.model_folder import atomic_write_bytes, tensors_to_bytes
 
 _MODES = ("auto", "min", "max")
@@ -72,7 +72,7 @@ class ModelCheckpoint(Callback):
         need = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
         need *= 1 if self.save_weights_only else 3
         what = f"ModelCheckpoint(filepath={self.filepath!r})"
-        probe = lambda: checkpoint.probe_destination(self.filepath, what, need, single)  # noqa: E731
+        probe = lambda: destinations.probe_destination(self.filepath, what, need, single)  # noqa: E731
         self.require_run().run_on_main(probe, "ModelCheckpoint")
 
     def on_train_batch_end(self, batch: int, logs: Logs | None = None) -> None:

@@ -161,7 +161,7 @@ def remove_leftovers(folder: Path) -> list[Path]:
         return removed
     partial = re.compile(rf"^\.{re.escape(folder.name)}(\.previous)?\.(partial|trash)-[0-9a-f]{{8}}$")
     for p in list(parent.iterdir()):
-        if partial.match(p.name) and p.is_dir() and not p.is_symlink() and _abandoned(p):
+        if partial.match(p.name) and p.is_dir() and not p.is_symlink() and abandoned(p):
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     fs.remove_stale_temps(parent, folder.name)
@@ -172,7 +172,7 @@ def remove_leftovers(folder: Path) -> list[Path]:
     return removed
 
 
-def _abandoned(staging: Path) -> bool:
+def abandoned(staging: Path) -> bool:
     """A staging or trash folder is abandoned when its writer's lock is free, or (killed before it took
     the lock) when it holds nothing but our own files."""
     if ".trash-" in staging.name:
@@ -288,63 +288,3 @@ def read_checkpoint(
 def verify(folder: str | os.PathLike[str]) -> None:
     """Raise :class:`CheckpointError` unless ``folder`` is a complete, uncorrupted checkpoint."""
     read_checkpoint(folder)
-
-
-def written_by(folder: Path, writer: str) -> bool:
-    """True when ``folder``'s manifest is one this finetunekit can read and says ``writer`` wrote it:
-    what lets BackupAndRestore tell its own backups from anything else in its folder."""
-    try:
-        manifest = read_manifest(folder)
-    except CheckpointError:
-        return False
-    return manifest.get("writer") == writer
-
-
-def newer_format(folder: Path) -> int | None:
-    """The manifest's format_version when it is newer than this finetunekit reads, else None: such a
-    folder is valid for another version, so it is neither used nor removed."""
-    try:
-        manifest = json.loads(fs.read_small(folder / MANIFEST, MAX_MANIFEST_BYTES))
-    except (CheckpointError, ValueError, RecursionError):
-        return None
-    version = manifest.get("format_version") if isinstance(manifest, dict) else None
-    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
-        return version
-    return None
-
-
-def remove_abandoned_staging(parent: Path, prefix: str) -> list[Path]:
-    """Staging and trash folders of killed writes to ``parent/<prefix>*``: only those whose writer is
-    provably gone (its lock is free, or it died before writing anything but our files)."""
-    pattern = re.compile(rf"^\.({re.escape(prefix)}[^/]*?)(\.previous)?\.(partial|trash)-[0-9a-f]{{8}}$")
-    removed: list[Path] = []
-    if not parent.is_dir():
-        return removed
-    for p in list(parent.iterdir()):
-        match = pattern.match(p.name)
-        if match is None or not p.is_dir() or p.is_symlink():
-            continue
-        with fs.exclusive(lock_path(parent / match.group(1))):  # as the writers of that folder do
-            if _abandoned(p):
-                shutil.rmtree(p, ignore_errors=True)
-                removed.append(p)
-    return removed
-
-
-def probe_destination(
-    filepath: str | os.PathLike[str], what: str, need_bytes: int, single_file: bool
-) -> None:
-    """Check at train begin that saves to ``filepath`` (which may hold ``{placeholders}``) can succeed:
-    the folder they go to is writable with room for one save, and a fixed target is replaceable."""
-    path = Path(filepath)
-    first = next((i for i, part in enumerate(path.parts) if "{" in part), len(path.parts) - 1)
-    root = Path(*path.parts[:first]) if first else Path(".")
-    fs.probe_writable(root, what, need_bytes)
-    if "{" in str(filepath):
-        return
-    if single_file and path.is_dir():
-        raise CheckpointError(
-            f"{what}: {str(path)!r} is a folder; expected a file path ending in .safetensors."
-        )
-    if not single_file:
-        check_replaceable(path)

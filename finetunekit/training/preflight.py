@@ -226,6 +226,6 @@ def warn_if_untrained(
         f"{action} runs before any training: the classifier head is still randomly initialized, so its "
         "outputs are meaningless. Call fit() first, or load a trained model with FineTuner.load().",
         RuntimeWarning,
-        stacklevel=3,
+        stacklevel=4,  # the user's line: past this function, the tuner method and its DDP guard
     )
     return snapshot

@@ -90,7 +90,8 @@ def check_fingerprints(trainer: Any, saved: Mapping[str, Any] | None, folder: Pa
         raise CheckpointError(
             f"backup {str(folder)!r} was written while training on other data ({then_data.get('samples')} "
             f"samples, digest {str(then_data.get('digest'))[:12]}); this fit trains on {now_data['samples']} "
-            f"samples, digest {now_data['digest'][:12]}. Expected the same training data. {_START_FRESH}"
+            f"samples, digest {now_data['digest'][:12]}. Expected the same training data (a validation_split "
+            f"without FineTuner(seed=...) draws another split each run). {_START_FRESH}"
         )
 
 
