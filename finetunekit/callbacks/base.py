@@ -1,8 +1,8 @@
 """The callback base class and the list that dispatches hooks to callbacks, in Keras vocabulary.
 
 Keras users already know ``on_epoch_end(epoch, logs)`` and ``self.model.stop_training = True``; we keep
-those names so their callbacks port by renaming ``self.model.stop_training`` to
-``self.tuner.stop_training`` (``self.model`` here is the ``nn.Module``, which has no such flag).
+those names so their callbacks port unchanged. ``self.model`` here is the ``nn.Module`` and
+``self.tuner`` the FineTuner; ``stop_training = True`` on either stops the fit (:class:`StopTrainingFlag`).
 """
 
 from __future__ import annotations
@@ -38,14 +38,45 @@ HOOK_NAMES: tuple[str, ...] = (
 )
 
 
+class StopTrainingFlag:
+    """``ft.stop_training``: also true when a callback set ``self.model.stop_training = True``.
+
+    Keras callbacks stop a fit with ``self.model.stop_training = True``; here ``self.model`` is the
+    ``nn.Module``, so the flag lives on both objects: setting it on the FineTuner writes it on its module
+    too, and reading it on the FineTuner sees either. Whichever object a callback sets it on, the loop
+    stops (after the current batch), never a silent no-op.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._slot = f"_{name}"
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        if obj is None:
+            return self
+        model = obj.__dict__.get("model")
+        return bool(obj.__dict__.get(self._slot, False) or getattr(model, "stop_training", False))
+
+    def __set__(self, obj: Any, value: bool) -> None:
+        obj.__dict__[self._slot] = bool(value)
+        model = obj.__dict__.get("model")
+        if isinstance(model, nn.Module):
+            model.__dict__["stop_training"] = bool(value)  # a plain attribute, as a user's assignment makes
+
+
 class Callback:
     """Base of every callback: all hooks are no-ops, so a subclass overrides only what it needs.
 
-    ``self.tuner`` is the :class:`~finetunekit.FineTuner` running the loop (set ``self.tuner.stop_training
-    = True`` to stop after the current epoch), ``self.model`` its ``nn.Module`` and ``self.params`` the
-    Keras dict ``{"epochs", "steps", "verbose"}``. Callbacks with state worth resuming override
-    :meth:`state_dict` / :meth:`load_state_dict` with JSON-friendly values (decision 6: state is JSON).
+    ``self.tuner`` is the :class:`~finetunekit.FineTuner` running the loop, ``self.model`` its
+    ``nn.Module`` and ``self.params`` the Keras dict ``{"epochs", "steps", "verbose"}`` (inside ``fit``
+    also ``"log_keys"``, the keys the epoch logs will have). ``self.model.stop_training = True`` (Keras)
+    or ``self.tuner.stop_training = True`` stops training after the current batch. Callbacks with state
+    worth resuming override :meth:`state_dict` / :meth:`load_state_dict` with JSON-friendly values
+    (decision 6: state is JSON). A callback that adds keys to the epoch logs names them in
+    :attr:`log_keys`, so EarlyStopping and the others accept them as ``monitor``.
     """
+
+    #: Keys this callback adds to the epoch logs (see finetunekit.callbacks.monitor.fit_log_keys).
+    log_keys: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.tuner: Any = None

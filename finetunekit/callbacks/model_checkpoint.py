@@ -11,6 +11,7 @@ from typing import Any
 from finetunekit.callbacks.backup import check_save_freq
 from finetunekit.callbacks.base import Callback, Logs
 from finetunekit.callbacks.early_stopping import _direction
+from finetunekit.callbacks.monitor import check_monitor, monitored_value
 from finetunekit.callbacks.progbar import log_message
 from finetunekit.errors import ConfigError
 from finetunekit.saving import checkpoint
@@ -66,6 +67,10 @@ class ModelCheckpoint(Callback):
         self._warned_missing = False
 
     # -- hooks -----------------------------------------------------------------------------------------
+    def on_train_begin(self, logs: Logs | None = None) -> None:
+        if self.save_best_only:  # only then is monitor used; a key the logs will not have raises now
+            check_monitor("ModelCheckpoint", self.monitor, self.params)
+
     def on_train_batch_end(self, batch: int, logs: Logs | None = None) -> None:
         if not isinstance(self.save_freq, int):
             return
@@ -80,9 +85,10 @@ class ModelCheckpoint(Callback):
 
     # -- saving ----------------------------------------------------------------------------------------
     def _improved(self, logs: Mapping[str, Any]) -> bool:
-        value = logs.get(self.monitor)
+        value = monitored_value("ModelCheckpoint", self.monitor, logs or {}, self.params)
         if value is None:
-            if not self._warned_missing:
+            # Under fit (params["log_keys"] known) a missing key is an epoch without validation.
+            if not self._warned_missing and self.params.get("log_keys") is None:
                 self._warned_missing = True
                 warnings.warn(
                     f"ModelCheckpoint(save_best_only=True) monitors {self.monitor!r}, which is not in the "

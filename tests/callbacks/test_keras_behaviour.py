@@ -1,0 +1,168 @@
+"""What a Keras user porting a script expects from fit and its callbacks (issue 14): unknown monitors
+raise before training, plateau callbacks start afresh per fit, ``self.model.stop_training`` stops."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from callback_harness import FakeTuner, simulate_fit
+from helpers import TinyNet, make_images
+
+from finetunekit import FineTuner
+from finetunekit.callbacks import (
+    Callback,
+    EarlyStopping,
+    LambdaCallback,
+    ModelCheckpoint,
+    ReduceLROnPlateau,
+    RetentionMonitor,
+)
+from finetunekit.callbacks.monitor import fit_log_keys
+from finetunekit.errors import ConfigError
+
+X, Y = make_images(48, 3, 16, seed=5)
+
+
+def tuner() -> FineTuner:
+    torch.manual_seed(0)
+    return FineTuner(TinyNet(num_classes=3), num_classes=3, device="cpu", image_size=16, seed=0)
+
+
+class StepCounter(Callback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps = 0
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self.steps += 1
+
+
+# -- item 1: an unknown monitor raises at train begin, naming the keys ---------------------------------
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: EarlyStopping(monitor="val_acc"),
+        lambda: ReduceLROnPlateau(monitor="val_acc"),
+        lambda: ModelCheckpoint("unused", monitor="val_acc", save_best_only=True),
+    ],
+    ids=["EarlyStopping", "ReduceLROnPlateau", "ModelCheckpoint"],
+)
+def test_unknown_monitor_raises_before_any_step_naming_the_keys(make: Any) -> None:
+    ft = tuner()
+    before = {k: v.clone() for k, v in ft.model.state_dict().items()}
+    counter = StepCounter()
+    with pytest.raises(ConfigError) as info:
+        ft.fit(X, Y, batch_size=8, epochs=2, verbose=0, validation_split=0.25, callbacks=[make(), counter])
+    message = str(info.value)
+    assert "monitor='val_acc'" in message and "Did you mean 'val_accuracy'?" in message
+    for key in ("'loss'", "'accuracy'", "'val_loss'", "'val_accuracy'", "'lr'"):
+        assert key in message
+    assert counter.steps == 0
+    assert all(torch.equal(v, ft.model.state_dict()[k]) for k, v in before.items())
+
+
+def test_val_monitor_without_validation_data_says_how_to_get_it() -> None:
+    with pytest.raises(ConfigError, match=r"val_ keys need fit\(validation_data=") as info:
+        tuner().fit(X, Y, batch_size=8, epochs=1, verbose=0, callbacks=[EarlyStopping()])
+    assert "['loss', 'accuracy', 'lr']" in str(info.value)
+
+
+def test_model_checkpoint_without_save_best_only_does_not_check_the_monitor(tmp_path: Any) -> None:
+    cb = ModelCheckpoint(tmp_path / "m{epoch}.safetensors", monitor="nope", save_weights_only=True)
+    tuner().fit(X, Y, batch_size=8, epochs=1, verbose=0, callbacks=[cb])
+    assert (tmp_path / "m1.safetensors").is_file()
+
+
+def test_keys_declared_by_a_callback_are_accepted() -> None:
+    keys = fit_log_keys(["accuracy"], True, [RetentionMonitor(X[:8])])
+    assert keys == ["loss", "accuracy", "lr", "val_loss", "val_accuracy", "gap_loss", "gap_accuracy",
+                    "retention_feature_sim", "retention_weight_change"]  # fmt: skip
+
+    class AddsScore(Callback):
+        log_keys = ("score",)
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            assert logs is not None
+            logs["score"] = float(epoch)
+
+    es = EarlyStopping(monitor="score", mode="max", patience=0)
+    history = tuner().fit(X, Y, batch_size=8, epochs=3, verbose=0, callbacks=[AddsScore(), es])
+    assert history.history["score"] == [0.0, 1.0, 2.0] and es.best == 2.0
+
+
+def test_an_undeclared_key_from_a_custom_callback_is_judged_on_the_first_epoch() -> None:
+    adds = LambdaCallback(on_epoch_end=lambda epoch, logs: logs.__setitem__("custom", 1.0))
+    es = EarlyStopping(monitor="custom", patience=0)
+    history = tuner().fit(X, Y, batch_size=8, epochs=3, verbose=0, callbacks=[adds, es])
+    assert len(history.epoch) == 2  # 1.0 never improves on 1.0: stops at the second epoch
+    typo = EarlyStopping(monitor="costum", patience=0)
+    with pytest.raises(ConfigError, match=r"the epoch logs have no 'costum' key.*Did you mean 'custom'"):
+        tuner().fit(X, Y, batch_size=8, epochs=3, verbose=0, callbacks=[adds, typo])
+
+
+# -- item 3: plateau state resets per fit, a resume keeps it -------------------------------------------
+class LRTuner(FakeTuner):
+    def __init__(self) -> None:
+        super().__init__()
+        self.base_lr = 0.1
+
+
+def test_reduce_lr_on_plateau_starts_afresh_at_each_fit() -> None:
+    ft = LRTuner()
+    cb = ReduceLROnPlateau(monitor="loss", patience=1, factor=0.1)
+    simulate_fit([cb], [{"loss": 1.0}, {"loss": 0.5}], tuner=ft)
+    assert ft.base_lr == 0.1
+    # A second fit whose loss improves throughout, but stays above the first fit's best (0.5): Keras
+    # resets best/wait/cooldown at train begin, so the LR is not cut (it used to go 0.1 -> 0.001).
+    simulate_fit([cb], [{"loss": 0.9}, {"loss": 0.8}, {"loss": 0.7}], tuner=ft)
+    assert ft.base_lr == 0.1
+    assert cb.best == 0.7 and cb.wait == 0
+
+
+def test_reduce_lr_on_plateau_keeps_a_state_loaded_before_the_fit() -> None:
+    ft = LRTuner()
+    cb = ReduceLROnPlateau(monitor="loss", patience=1, factor=0.1, cooldown=2)
+    cb.load_state_dict({"wait": 0, "cooldown_counter": 0, "best": 0.5})  # what BackupAndRestore does
+    simulate_fit([cb], [{"loss": 0.9}], tuner=ft, initial_epoch=3)
+    assert ft.base_lr == pytest.approx(0.01) and cb.cooldown_counter == 2
+
+
+def test_early_stopping_starts_afresh_at_each_real_fit() -> None:
+    es = EarlyStopping(monitor="loss", patience=0, min_delta=100.0)  # never improves after the first
+    ft = tuner()
+    assert len(ft.fit(X, Y, batch_size=8, epochs=4, verbose=0, callbacks=[es]).epoch) == 2
+    assert len(ft.fit(X, Y, batch_size=8, epochs=4, verbose=0, callbacks=[es]).epoch) == 2
+
+
+# -- item 4: self.model.stop_training stops, whichever object it is set on -----------------------------
+class StopOnModel(Callback):
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if batch == 2:
+            self.model.stop_training = True  # the Keras idiom; self.model is the nn.Module
+
+
+def test_model_stop_training_stops_after_the_batch() -> None:
+    ft, counter = tuner(), StepCounter()
+    history = ft.fit(X, Y, batch_size=8, epochs=3, verbose=0, callbacks=[StopOnModel(), counter])
+    assert counter.steps == 3 and history.epoch == [0]
+    assert ft.stop_training and ft.model.stop_training  # type: ignore[truthy-function]
+
+
+class StopAtEpochEnd(Callback):
+    def __init__(self, on: str) -> None:
+        super().__init__()
+        self.on = on
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        (self.model if self.on == "model" else self.tuner).stop_training = True
+
+
+@pytest.mark.parametrize("on", ["model", "tuner"])
+def test_stop_training_set_at_epoch_end_on_either_object_stops_after_that_epoch(on: str) -> None:
+    ft = tuner()
+    assert ft.fit(X, Y, batch_size=8, epochs=3, verbose=0, callbacks=[StopAtEpochEnd(on)]).epoch == [0]
+    # The next fit starts with the flag cleared on both objects.
+    assert ft.fit(X, Y, batch_size=8, epochs=2, verbose=0).epoch == [0, 1]
+    assert not ft.stop_training and not ft.model.stop_training  # type: ignore[truthy-function]
