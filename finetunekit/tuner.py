@@ -21,6 +21,8 @@ from finetunekit.backbones import build_backbone, rebuild_backbone
 from finetunekit.backbones.base import Backbone, DataConfig
 from finetunekit.backbones.snapshot import backbone_state
 from finetunekit.callbacks import Callback, CallbackList, History
+from finetunekit.callbacks.base import StopTrainingFlag
+from finetunekit.callbacks.monitor import monitor_params
 from finetunekit.distributed.failure import guard
 from finetunekit.errors import CheckpointError, ConfigError, NotCompiledError
 from finetunekit.metrics import check_metrics
@@ -73,6 +75,9 @@ def seed_everything(seed: int) -> None:
 
 class FineTuner(FitMixin):
     """Fine-tune a timm / torchvision / custom backbone with a Keras-style API. See DESIGN.md."""
+
+    # item 4: True on the FineTuner or on its nn.Module (Keras' self.model.stop_training) stops a fit
+    stop_training = StopTrainingFlag()
 
     def __init__(
         self,
@@ -303,9 +308,11 @@ class FineTuner(FitMixin):
         preflight.probe_forward(self.model, train, self.device, self.num_classes, self.spec)
         dist.seed_ranks(self.seed)
         steps = _num_batches(loader)
+        all_callbacks = [*(callbacks or []), *dist.callbacks()]
+        monitor = monitor_params(self._compiled.metrics, val_loader is not None, all_callbacks)  # item 1
         cbs = CallbackList(
-            [*(callbacks or []), *dist.callbacks()], tuner=self, add_history=True,
-            add_progbar=verbose != 0, verbose=verbose, epochs=epochs, steps=steps,
+            all_callbacks, tuner=self, add_history=True, add_progbar=verbose != 0, verbose=verbose,
+            epochs=epochs, steps=steps, **monitor,
         )  # fmt: skip
         restarts = self.strategy.schedule_restarts(len(self._backbone.groups))
         self._stepper = Stepper(self._compiled.compute, self.model, self.device, self._ema)
