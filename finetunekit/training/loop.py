@@ -102,7 +102,7 @@ def train_epoch(
             tracker.update(loss, logits, y)
         if step % LOG_EVERY == 0 or time.monotonic() - synced_at >= LOG_INTERVAL:
             nonfinite.check_deferred(ctx)
-            batch_logs = tracker.result()
+            batch_logs = tracker.result() or unmeasured_logs(ctx.metrics, loss)  # item 5
             synced_at = time.monotonic()
         tuner.stop_training = tuner.stop_training or ctx.stop_requested
         callbacks.on_train_batch_end(step, batch_logs)
@@ -113,10 +113,18 @@ def train_epoch(
     if ctx.sync_metrics:  # [distributed]
         tracker.all_reduce()
     logs = tracker.result()
+    if not logs and step >= start_step:  # item 5: no step counted (a non-finite loss at the first batch)
+        logs = unmeasured_logs(ctx.metrics, loss)
     logs["lr"] = ctx.base_lr * ctx.schedule(
         min(1.0, ((epoch - ctx.first_epoch) * ctx.steps_per_epoch + step + 1) / max(1, ctx.total_steps))
     )
     return logs
+
+
+def unmeasured_logs(metrics: list[str], loss: torch.Tensor) -> dict[str, float]:
+    """Logs when no batch was counted (its loss was non-finite and the step was not applied): the loss as
+    it was, the metrics NaN, as Keras logs them, so History and monitors always have the loss key."""
+    return {"loss": float(loss), **{name: float("nan") for name in metrics}}
 
 
 def train_step(ctx: TrainContext, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
