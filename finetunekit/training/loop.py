@@ -173,12 +173,16 @@ def evaluate_loader(
     model.eval()
     tracker = MetricTracker(metrics, device)
     callbacks.on_test_begin()
+    batch_logs: dict[str, float] = {}
+    synced_at = time.monotonic()
     for step, batch in enumerate(loader):
         callbacks.on_test_batch_begin(step)
         x, y = to_device(batch, device)
         logits = model(x)
         tracker.update(loss_fn(logits, y), logits, y)
-        callbacks.on_test_batch_end(step)
+        if step % LOG_EVERY == 0 or time.monotonic() - synced_at >= LOG_INTERVAL:  # item 6: running logs
+            batch_logs, synced_at = tracker.result(), time.monotonic()
+        callbacks.on_test_batch_end(step, batch_logs)
     if sync_metrics:  # [distributed]
         tracker.all_reduce()
     logs = tracker.result()
@@ -200,7 +204,7 @@ def predict_loader(
         callbacks.on_predict_batch_begin(step)
         x, _ = to_device(batch, device)
         chunks.append(torch.softmax(model(x).float(), dim=1).cpu())
-        callbacks.on_predict_batch_end(step)
+        callbacks.on_predict_batch_end(step, {"outputs": chunks[-1].numpy()})  # item 6, as Keras
     callbacks.on_predict_end()
     model.train(was_training)
     return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), dtype=np.float32)
