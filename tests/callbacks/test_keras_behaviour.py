@@ -3,8 +3,10 @@ raise before training, plateau callbacks start afresh per fit, ``self.model.stop
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from callback_harness import FakeTuner, simulate_fit
@@ -166,3 +168,37 @@ def test_stop_training_set_at_epoch_end_on_either_object_stops_after_that_epoch(
     # The next fit starts with the flag cleared on both objects.
     assert ft.fit(X, Y, batch_size=8, epochs=2, verbose=0).epoch == [0, 1]
     assert not ft.stop_training and not ft.model.stop_training  # type: ignore[truthy-function]
+
+
+# -- item 5: History always has the epoch's loss ----------------------------------------------------------
+def test_terminate_on_nan_in_the_first_batch_logs_the_non_finite_loss() -> None:
+    from finetunekit.callbacks import TerminateOnNaN
+
+    ft = tuner()
+    ft.compile(loss=lambda logits, y: torch.nn.functional.cross_entropy(logits, y) * float("nan"))
+    before = {k: v.clone() for k, v in ft.model.state_dict().items()}
+    batch_logs: list[dict[str, float]] = []
+    grab = LambdaCallback(on_train_batch_end=lambda batch, logs: batch_logs.append(dict(logs)))
+    history = ft.fit(X, Y, batch_size=8, epochs=3, verbose=0, callbacks=[TerminateOnNaN(), grab])
+    assert history.epoch == [0] and len(batch_logs) == 1
+    assert math.isnan(history.history["loss"][0]) and math.isnan(history.history["accuracy"][0])
+    assert math.isnan(batch_logs[0]["loss"])
+    assert all(torch.equal(v, ft.model.state_dict()[k]) for k, v in before.items())  # never applied
+
+
+# -- item 6: test and predict batch hooks get logs --------------------------------------------------------
+def test_test_batch_end_gets_running_loss_and_metrics_and_predict_batch_end_gets_outputs() -> None:
+    ft = tuner()
+    test_logs: list[dict[str, Any]] = []
+    outputs: list[Any] = []
+    cb = LambdaCallback(
+        on_test_batch_end=lambda batch, logs: test_logs.append(dict(logs)),
+        on_predict_batch_end=lambda batch, logs: outputs.append(logs["outputs"]),
+    )
+    result = ft.evaluate(X, Y, batch_size=16, callbacks=[cb])
+    assert len(test_logs) == 3 and all(set(logs) == {"loss", "accuracy"} for logs in test_logs)
+    assert test_logs[0]["loss"] > 0 and 0 <= test_logs[0]["accuracy"] <= 1
+    probs = ft.predict(X, batch_size=16, callbacks=[cb])
+    assert [o.shape for o in outputs] == [(16, 3)] * 3
+    assert np.array_equal(np.concatenate(outputs), probs)
+    assert result["loss"] > 0
