@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from finetunekit.callbacks.base import Callback, Logs
+from finetunekit.callbacks.progbar import log_message
 from finetunekit.errors import CheckpointError, ConfigError
 from finetunekit.saving import checkpoint
 
@@ -75,8 +76,23 @@ class BackupAndRestore(Callback):
                 warnings.warn(f"skipping (and removing) a bad backup: {e}", RuntimeWarning, stacklevel=2)
                 shutil.rmtree(folder, ignore_errors=True)
                 continue
-            return restore(self.tuner, folder)
+            point = restore(self.tuner, folder)
+            self._say_resumed(point, folder)
+            return point
         return None
+
+    def _say_resumed(self, point: Any, folder: Path) -> None:
+        """One line, when fit shows progress: where the run continues (epoch 1-based, step = batches of
+        that epoch already done), so a resumed run is never mistaken for a fresh one."""
+        from finetunekit.distributed import is_main_process
+
+        if self.params.get("verbose", 0) and is_main_process():
+            steps = self.params.get("steps")
+            of = f" of {steps}" if steps else ""
+            log_message(
+                f"BackupAndRestore: resumed from epoch {point.epoch + 1}, step {point.step}{of} "
+                f"(backup {folder})"
+            )
 
     # -- saving ----------------------------------------------------------------------------------------
     def on_train_begin(self, logs: Logs | None = None) -> None:

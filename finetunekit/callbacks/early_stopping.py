@@ -135,9 +135,10 @@ class EarlyStopping(Callback):
     def on_train_end(self, logs: Logs | None = None) -> None:
         if self.stopped_epoch > 0 and self.speaks:
             best = "none" if self.best is None else f"{self.best:.4g}"
+            epochs = f"{self.wait} epoch{'s' if self.wait != 1 else ''}"
             log_message(
                 f"Epoch {self.stopped_epoch + 1}: early stopping: {self.monitor} did not improve for "
-                f"{self.wait} epochs (best {best} at epoch {self.best_epoch + 1})"
+                f"{epochs} (best {best} at epoch {self.best_epoch + 1})"
             )
         if self.restore_best_weights and self.best_weights is not None:
             if self.speaks:

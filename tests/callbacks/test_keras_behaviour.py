@@ -202,3 +202,56 @@ def test_test_batch_end_gets_running_loss_and_metrics_and_predict_batch_end_gets
     assert [o.shape for o in outputs] == [(16, 3)] * 3
     assert np.array_equal(np.concatenate(outputs), probs)
     assert result["loss"] > 0
+
+
+# -- item 10: messages and bars -----------------------------------------------------------------------------
+def test_early_stopping_says_when_it_stopped_and_what_it_restored(capsys: pytest.CaptureFixture[str]) -> None:
+    es = EarlyStopping(monitor="loss", patience=2, min_delta=100.0, restore_best_weights=True)
+    tuner().fit(X, Y, batch_size=8, epochs=5, verbose=2, callbacks=[es])
+    out = capsys.readouterr().out
+    assert "Epoch 3: early stopping: loss did not improve for 2 epochs (best " in out
+    assert "at epoch 1)" in out
+    assert "Restoring model weights from the end of the best epoch: 1." in out
+    quiet = EarlyStopping(monitor="loss", patience=1, min_delta=100.0)
+    tuner().fit(X, Y, batch_size=8, epochs=5, verbose=0, callbacks=[quiet])  # "auto" follows fit
+    assert "early stopping" not in capsys.readouterr().out
+
+
+def test_backup_and_restore_says_where_it_resumed(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from finetunekit.callbacks import BackupAndRestore
+
+    def crash(batch: int, logs: dict[str, float]) -> None:
+        if ft._run is not None and ft._run.ctx.epoch == 1 and batch == 3:
+            raise KeyError("crash")
+
+    ft = tuner()
+    backup = lambda: BackupAndRestore(tmp_path / "bk", save_freq=2)  # noqa: E731
+    with pytest.raises(KeyError):
+        ft.fit(X, Y, batch_size=8, epochs=3, verbose=2,
+               callbacks=[backup(), LambdaCallback(on_train_batch_end=crash)])  # fmt: skip
+    tuner().fit(X, Y, batch_size=8, epochs=3, verbose=2, callbacks=[backup()])
+    # Backups every 2 batches counted across epochs: the last one before the crash (epoch 2, batch 4)
+    # was taken after 2 of epoch 2's 6 batches.
+    assert "BackupAndRestore: resumed from epoch 2, step 2 of 6 (backup " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("verbose", [0, 1, 2])
+def test_evaluate_and_predict_show_progress_when_asked(
+    verbose: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ft = tuner()
+    ft.evaluate(X, Y, batch_size=16, verbose=verbose)
+    ft.predict(X, batch_size=16, verbose=verbose)
+    captured = capsys.readouterr()
+    if verbose == 0:
+        assert captured.out == "" and captured.err == ""
+    elif verbose == 1:
+        assert "Evaluate 3/3" in captured.err and "loss=" in captured.err and "Predict 3/3" in captured.err
+    else:
+        assert "Evaluate - 3 steps - " in captured.out and " - loss: " in captured.out
+        assert "Predict - 3 steps - " in captured.out
+
+
+def test_evaluate_rejects_a_bad_verbose() -> None:
+    with pytest.raises(ConfigError, match=r"evaluate\(verbose=3\)"):
+        tuner().evaluate(X, Y, verbose=3)
