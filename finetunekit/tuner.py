@@ -23,6 +23,7 @@ from finetunekit.backbones.snapshot import backbone_state
 from finetunekit.callbacks import Callback, CallbackList, History
 from finetunekit.callbacks.base import StopTrainingFlag
 from finetunekit.callbacks.monitor import monitor_params
+from finetunekit.callbacks.progbar import num_steps, resolve_verbose
 from finetunekit.distributed.failure import guard
 from finetunekit.errors import CheckpointError, ConfigError, NotCompiledError
 from finetunekit.metrics import check_metrics
@@ -356,7 +357,7 @@ class FineTuner(FitMixin):
 
     # ---------------------------------------------------------------------------- evaluate/predict
     @guard  # [distributed]
-    def evaluate(self, x: Any = None, y: Any = None, batch_size: int = 32, verbose: int = 0,
+    def evaluate(self, x: Any = None, y: Any = None, batch_size: int = 32, verbose: int | str = 0,
                  callbacks: Sequence[Callback] | None = None,
                  tta: bool = False) -> dict[str, float]:  # fmt: skip
         """Loss and metrics on labelled data, as Python floats. ``tta=True`` averages the probabilities
@@ -368,7 +369,8 @@ class FineTuner(FitMixin):
         data = self._prepare(x, y, augment=False, what="x")
         dist = run_for(self)  # [distributed] each rank evaluates its shard; sums are all-reduced
         loader = dist.eval_loader(data, batch_size)
-        cbs = CallbackList(list(callbacks or []), tuner=self)
+        cbs = CallbackList(list(callbacks or []), tuner=self, add_progbar=True,  # item 10: verbose=1 bar
+                           verbose=resolve_verbose("evaluate", verbose), steps=num_steps(loader))  # fmt: skip
         model = FlipTTA(self.eval_model) if tta else self.eval_model
         return loop.evaluate_loader(
             model, loader, self._compiled.loss_fn, self._compiled.metrics, self.device, cbs,
@@ -376,7 +378,7 @@ class FineTuner(FitMixin):
         )  # fmt: skip
 
     @guard  # [distributed]
-    def predict(self, x: Any, batch_size: int = 32, verbose: int = 0,
+    def predict(self, x: Any, batch_size: int = 32, verbose: int | str = 0,
                 callbacks: Sequence[Callback] | None = None, tta: bool = False) -> np.ndarray:  # fmt: skip
         """Class probabilities, shape (N, num_classes), in input order; ``tta=True`` averages them over
         the image and its horizontal mirror."""
@@ -385,9 +387,9 @@ class FineTuner(FitMixin):
         dist = run_for(self)  # [distributed] each rank predicts its shard; gathered in input order
         loader = dist.eval_loader(data, batch_size)
         model = FlipTTA(self.eval_model) if tta else self.eval_model
-        probs = loop.predict_loader(
-            model, loader, self.device, CallbackList(list(callbacks or []), tuner=self)
-        )
+        cbs = CallbackList(list(callbacks or []), tuner=self, add_progbar=True,  # item 10: verbose=1 bar
+                           verbose=resolve_verbose("predict", verbose), steps=num_steps(loader))  # fmt: skip
+        probs = loop.predict_loader(model, loader, self.device, cbs)
         return dist.gather_rows(probs.reshape(-1, self.num_classes), data)
 
     # ------------------------------------------------------------------------------------ save/load
