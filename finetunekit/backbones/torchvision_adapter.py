@@ -70,7 +70,7 @@ def _create(name: str, pretrained: bool, image_size: Any) -> nn.Module:
             raise ConnectionError(offline)
         return torchvision.models.get_model(name, weights="DEFAULT", **kwargs)
     except OSError as e:
-        why = f"could not be downloaded: {offline}" if offline else f"could not be downloaded ({short_cause(e)})"
+        why = f"could not be downloaded: {offline or short_cause(e)}"
         raise PretrainedWeightsUnavailableError(
             f"pretrained weights for 'torchvision/{name}' are not in ~/.cache/torch and {why}. Expected "
             f"network access to {url} or a cached file. Fix: pass weights='path/to/file.pth' with local "
