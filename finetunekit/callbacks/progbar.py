@@ -248,6 +248,11 @@ class ProgbarLogger(Callback):
     def on_predict_end(self, logs: Logs | None = None) -> None:
         self._end_pass("Predict", logs)
 
+    def close(self) -> None:
+        """Close an open bar (a fit interrupted by Ctrl-C gets no on_train_end)."""
+        self._close_bar()
+        self._in_fit = False
+
     def _close_bar(self) -> None:
         if self._bar is not None:
             self._bar.close()  # close() redraws once, so the final postfix is shown
