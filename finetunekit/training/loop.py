@@ -17,6 +17,7 @@ from finetunekit.metrics import MetricTracker
 from finetunekit.strategies import Plan
 from finetunekit.strategies.apply import set_frozen_norms_to_eval, write_lrs
 from finetunekit.training import nonfinite
+from finetunekit.training.interrupt import deferred_interrupt
 from finetunekit.training.step import ComputeConfig, Stepper
 
 BatchTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -97,7 +98,8 @@ def train_epoch(
         write_lrs(ctx.optimizer, ctx.base_lr, multiplier, plan)
         x, y = to_device(batch, ctx.device)
         xin, target = ctx.batch_transform(x, y) if ctx.batch_transform is not None else (x, y)
-        loss, logits = train_step(ctx, xin, target)
+        with deferred_interrupt():  # item 9: a Ctrl-C lands between steps, never inside one
+            loss, logits = train_step(ctx, xin, target)
         if ctx.step_applied:
             tracker.update(loss, logits, y)
         if step % LOG_EVERY == 0 or time.monotonic() - synced_at >= LOG_INTERVAL:
