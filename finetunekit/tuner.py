@@ -22,6 +22,7 @@ from finetunekit.backbones.base import Backbone, DataConfig
 from finetunekit.backbones.snapshot import backbone_state
 from finetunekit.callbacks import Callback, CallbackList, History
 from finetunekit.callbacks.base import StopTrainingFlag
+from finetunekit.callbacks.interrupt import report_interrupt
 from finetunekit.callbacks.monitor import monitor_params
 from finetunekit.callbacks.progbar import num_steps, resolve_verbose
 from finetunekit.distributed.failure import guard
@@ -327,6 +328,11 @@ class FineTuner(FitMixin):
         try:
             with deterministic_mode(deterministic):
                 self._fit_epochs(self._run, val_loader, initial_epoch)
+        except KeyboardInterrupt:  # item 9: keep the completed epochs, say how to resume
+            self.history = cbs.history
+            ctx = self._run.ctx
+            report_interrupt(cbs, ctx.epoch, ctx.step if ctx.tracker is not None else None, epochs, steps)
+            raise
         finally:
             self._run = None
         self.history = cbs.history
