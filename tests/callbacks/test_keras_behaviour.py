@@ -4,6 +4,7 @@ raise before training, plateau callbacks start afresh per fit, ``self.model.stop
 from __future__ import annotations
 
 import math
+import signal
 from typing import Any
 
 import numpy as np
@@ -255,3 +256,69 @@ def test_evaluate_and_predict_show_progress_when_asked(
 def test_evaluate_rejects_a_bad_verbose() -> None:
     with pytest.raises(ConfigError, match=r"evaluate\(verbose=3\)"):
         tuner().evaluate(X, Y, verbose=3)
+
+
+# -- item 9: Ctrl-C keeps what was done --------------------------------------------------------------------
+class InterruptingSGD(torch.optim.SGD):
+    """Plain SGD that receives a Ctrl-C halfway through its ``interrupt_at``-th step (1-based)."""
+
+    interrupt_at = 0
+
+    def __init__(self, params: Any, lr: float) -> None:
+        super().__init__(params, lr=lr)
+        self.count = 0
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        self.count += 1
+        for index, group in enumerate(self.param_groups):
+            if index == 1 and self.count == self.interrupt_at:
+                signal.raise_signal(signal.SIGINT)  # some groups updated, others not yet
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.add_(p.grad, alpha=-group["lr"])
+
+
+def sgd_tuner(interrupt_at: int) -> FineTuner:
+    InterruptingSGD.interrupt_at = interrupt_at
+    ft = tuner()
+    return ft.compile(optimizer=InterruptingSGD, lr=0.05, schedule="constant")
+
+
+def test_ctrl_c_keeps_completed_epochs_and_the_last_whole_step(capsys: pytest.CaptureFixture[str]) -> None:
+    reference = sgd_tuner(interrupt_at=0)
+    stop = LambdaCallback(
+        on_train_batch_end=lambda batch, logs: setattr(
+            reference, "stop_training", reference._run.ctx.epoch == 1 and batch == 2
+        )  # fmt: skip
+    )
+    reference.fit(X, Y, batch_size=8, epochs=3, verbose=0, shuffle=False, callbacks=[stop])  # 6 + 3 steps
+
+    ft = sgd_tuner(interrupt_at=9)
+    with pytest.raises(KeyboardInterrupt):
+        ft.fit(X, Y, batch_size=8, epochs=3, verbose=0, shuffle=False)
+    assert ft.history is not None and ft.history.epoch == [0] and len(ft.history.history["loss"]) == 1
+    for key, value in reference.model.state_dict().items():  # the interrupted step was applied whole
+        assert torch.equal(value, ft.model.state_dict()[key]), key
+    out = capsys.readouterr().out
+    assert "Training interrupted (KeyboardInterrupt) in epoch 2/3 after batch 3 of 6." in out
+    assert "ft.history holds the 1 completed epoch of this fit" in out
+    assert "callbacks=[BackupAndRestore('runs/backup', save_freq=100)]" in out
+
+
+def test_ctrl_c_with_a_backup_says_to_run_again(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from finetunekit.callbacks import BackupAndRestore
+
+    def interrupt(batch: int, logs: dict[str, float]) -> None:
+        if batch == 1:
+            signal.raise_signal(signal.SIGINT)
+
+    ft = tuner()
+    with pytest.raises(KeyboardInterrupt):
+        ft.fit(X, Y, batch_size=8, epochs=2, verbose=1,
+               callbacks=[BackupAndRestore(tmp_path / "bk"), LambdaCallback(on_train_batch_begin=interrupt)])  # fmt: skip
+    captured = capsys.readouterr()
+    assert (
+        f"Run the same fit again to resume from the last backup in {str(tmp_path / 'bk')!r}" in captured.out
+    )
+    assert ft.history is not None and ft.history.epoch == []
