@@ -59,14 +59,15 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class GroupInfo:
-    """What ``ft.groups`` shows: a layer group's name and size."""
+    """What ``ft.groups`` shows: a layer group's name, size, and whether it trains now."""
 
     name: str
     num_params: int
     param_names: tuple[str, ...]
+    trainable: bool = True  # item 8: the current plan's requires_grad (the epoch-0 plan until fit)
 
     def __repr__(self) -> str:
-        return f"GroupInfo(name={self.name!r}, num_params={self.num_params:,})"
+        return f"GroupInfo(name={self.name!r}, num_params={self.num_params:,}, trainable={self.trainable})"
 
 
 def seed_everything(seed: int) -> None:
@@ -139,6 +140,10 @@ class FineTuner(FitMixin):
         self._run: FitRun | None = None  # the fit in progress, for checkpointing callbacks
         self._params_by_group = group_params(self.model, built.groups)
         self._norms_by_group = norm_modules_by_group(self.model, built.groups)
+        # item 8: the strategy applies from construction, as fastai's vision_learner freezes at creation
+        for scale, params in zip(self.plan(0), self._params_by_group, strict=True):
+            for p in params:
+                p.requires_grad_(scale is not None)
         self._ema: WeightEMA | None = None
         self._feature_cache: feature_cache.FeatureCache | None = None
         self._stepper: Stepper | None = None
@@ -151,9 +156,12 @@ class FineTuner(FitMixin):
     # ----------------------------------------------------------------------------------- properties
     @property
     def groups(self) -> list[GroupInfo]:
-        """Layer groups, ordered input -> head, with parameter counts."""
+        """Layer groups, ordered input -> head, with parameter counts and whether each trains now (the
+        strategy's epoch-0 plan from construction on; during and after fit, the plan last applied)."""
         return [
-            GroupInfo(g.name, sum(p.numel() for p in ps), tuple(g.param_names))
+            GroupInfo(
+                g.name, sum(p.numel() for p in ps), tuple(g.param_names), any(p.requires_grad for p in ps)
+            )
             for g, ps in zip(self._backbone.groups, self._params_by_group, strict=True)
         ]
 
