@@ -287,11 +287,12 @@ def sgd_tuner(interrupt_at: int) -> FineTuner:
 
 def test_ctrl_c_keeps_completed_epochs_and_the_last_whole_step(capsys: pytest.CaptureFixture[str]) -> None:
     reference = sgd_tuner(interrupt_at=0)
-    stop = LambdaCallback(
-        on_train_batch_end=lambda batch, logs: setattr(
-            reference, "stop_training", reference._run.ctx.epoch == 1 and batch == 2
-        )  # fmt: skip
-    )
+
+    def stop_at_batch_3_of_epoch_2(batch: int, logs: dict[str, float]) -> None:
+        assert reference._run is not None
+        reference.stop_training = reference._run.ctx.epoch == 1 and batch == 2
+
+    stop = LambdaCallback(on_train_batch_end=stop_at_batch_3_of_epoch_2)
     reference.fit(X, Y, batch_size=8, epochs=3, verbose=0, shuffle=False, callbacks=[stop])  # 6 + 3 steps
 
     ft = sgd_tuner(interrupt_at=9)
@@ -315,10 +316,29 @@ def test_ctrl_c_with_a_backup_says_to_run_again(tmp_path: Any, capsys: pytest.Ca
 
     ft = tuner()
     with pytest.raises(KeyboardInterrupt):
-        ft.fit(X, Y, batch_size=8, epochs=2, verbose=1,
-               callbacks=[BackupAndRestore(tmp_path / "bk"), LambdaCallback(on_train_batch_begin=interrupt)])  # fmt: skip
+        callbacks = [BackupAndRestore(tmp_path / "bk"), LambdaCallback(on_train_batch_begin=interrupt)]
+        ft.fit(X, Y, batch_size=8, epochs=2, verbose=1, callbacks=callbacks)
     captured = capsys.readouterr()
     assert (
         f"Run the same fit again to resume from the last backup in {str(tmp_path / 'bk')!r}" in captured.out
     )
     assert ft.history is not None and ft.history.epoch == []
+
+
+# -- item 8: the strategy applies from construction --------------------------------------------------------
+def test_the_epoch0_plan_applies_at_construction_and_groups_show_it() -> None:
+    from finetunekit.strategies import FrozenBackbone, GradualUnfreeze
+
+    torch.manual_seed(0)
+    ft = FineTuner(TinyNet(num_classes=3), num_classes=3, device="cpu", strategy=FrozenBackbone())
+    trainable = sum(p.numel() for p in ft.model.parameters() if p.requires_grad)
+    assert trainable == 16 * 3 + 3  # the head only, before compile or fit
+    assert [(g.name, g.trainable) for g in ft.groups] == [("stem", False), ("stage1", False), ("head", True)]
+    assert "trainable=False" in repr(ft.groups[0])
+    gradual = FineTuner(
+        TinyNet(num_classes=3), num_classes=3, device="cpu", strategy=GradualUnfreeze(every=1)
+    )
+    assert [g.trainable for g in gradual.groups] == [False, False, True]
+    gradual.fit(X, Y, batch_size=16, epochs=2, verbose=0)
+    assert [g.trainable for g in gradual.groups] == [False, True, True]  # the plan last applied
+    assert all(g.trainable for g in tuner().groups)  # FullFineTune
