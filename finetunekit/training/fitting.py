@@ -20,7 +20,7 @@ from finetunekit.strategies import Plan, Strategy
 from finetunekit.strategies.apply import set_frozen_norms_to_eval
 from finetunekit.techniques.gap import gap_logs
 from finetunekit.techniques.mixing import BatchMixer
-from finetunekit.training import feature_cache, loop
+from finetunekit.training import feature_cache, fit_options, loop
 from finetunekit.training.compile_config import CompileConfig
 from finetunekit.training.distributed import run_for
 from finetunekit.training.loader_state import epoch_start_snapshot
@@ -114,13 +114,15 @@ class FitMixin:
             resumed=start > 0,
         )  # fmt: skip
         batches = point.batches if point is not None and start else inputs.loader
+        if run.take is not None:  # item 7: fit(steps_per_epoch=...), the first batches of this pass
+            batches = fit_options.take(batches, run.take - start)
         model, ctx.model = ctx.model, inputs.ctx.model  # the cut's suffix on cached epochs
         try:
             logs = loop.train_epoch(ctx, batches, epoch, plan, cbs, self, start)
         finally:
             ctx.model = model
         dist.end_epoch(self.model)  # [distributed] rank 0's BN statistics everywhere
-        if inputs.val_loader is not None:
+        if inputs.val_loader is not None and fit_options.validates(run.validation_freq, epoch):  # item 7
             val_logs = loop.evaluate_loader(
                 inputs.val_model, inputs.val_loader, ctx.loss_fn, ctx.metrics, self.device, cbs,
                 sync_metrics=dist.active,

@@ -45,6 +45,8 @@ class FitRun:
     steps: int = 1  # batches per epoch
     restarts: list[int] = field(default_factory=list)  # epochs where the strategy restarts the schedule
     dist: Any = None  # finetunekit.training.distributed's DistributedRun (a pass-through in one process)
+    validation_freq: Any = 1  # fit(validation_freq=...): see finetunekit.training.fit_options
+    take: int | None = None  # fit(steps_per_epoch=...) when it is less than the loader's batches
 
 
 @dataclass
