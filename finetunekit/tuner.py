@@ -43,7 +43,7 @@ from finetunekit.techniques.mixing import check_mix_alpha
 from finetunekit.tools import learning_curve as _lc
 from finetunekit.tools import wise
 from finetunekit.tools.summary import format_summary
-from finetunekit.training import feature_cache, loop, nonfinite, preflight
+from finetunekit.training import feature_cache, fit_options, loop, nonfinite, preflight
 from finetunekit.training.compile_config import CompileConfig, resolve_loss
 from finetunekit.training.determinism import deterministic_mode
 from finetunekit.training.distributed import run_for
@@ -286,6 +286,8 @@ class FineTuner(FitMixin):
         deterministic: bool = False,
         num_workers: int | None = None,
         cache_features: bool = True,
+        steps_per_epoch: int | None = None,
+        validation_freq: int | Sequence[int] = 1,
     ) -> History:
         """Train for ``epochs`` epochs (Keras semantics) and return the History.
 
@@ -302,8 +304,13 @@ class FineTuner(FitMixin):
         files). ``cache_features``: while the bottom layer groups stay frozen (FrozenBackbone, LPFT's
         probe, GradualUnfreeze's early phases) and nothing is augmented, run them once and train the
         rest on their cached outputs (same results; see summary() and docs/performance.md).
+
+        ``steps_per_epoch``: train each epoch on the first N batches of its (reshuffled) pass, as Keras
+        (None: every batch). ``validation_freq``: validate every N epochs, or after the 1-based epochs
+        listed (Keras); epochs without validation have no ``val_`` keys in their logs.
         """
         verbose = check_fit_args(batch_size, epochs, initial_epoch, validation_split, verbose)
+        freq = fit_options.check_validation_freq(validation_freq)  # item 7
         if self._compiled is None:
             self.compile()
         assert self._compiled is not None and self.optimizer is not None
@@ -317,7 +324,8 @@ class FineTuner(FitMixin):
         preflight.check_has_batches(loader)
         preflight.probe_forward(self.model, train, self.device, self.num_classes, self.spec)
         dist.seed_ranks(self.seed)
-        steps = _num_batches(loader)
+        batches = _num_batches(loader)
+        steps = fit_options.check_steps_per_epoch(steps_per_epoch, batches)  # item 7
         all_callbacks = [*(callbacks or []), *dist.callbacks()]
         monitor = monitor_params(self._compiled.metrics, val_loader is not None, all_callbacks)  # item 1
         cbs = CallbackList(
@@ -328,8 +336,12 @@ class FineTuner(FitMixin):
         self._stepper = Stepper(self._compiled.compute, self.model, self.device, self._ema)
         mixing = bool(self._compiled.mixup or self._compiled.cutmix)
         disabled = feature_cache.disabled_reason(cache_features, dist.active, mixing)
+        if steps < batches:  # item 7: the cache holds whole passes
+            disabled = disabled or f"steps_per_epoch={steps} trains on part of each pass"
         self._new_feature_cache(loader, train, val, disabled)
-        self._run = FitRun(None, cbs, loader, epochs, steps, restarts, dist)
+        self._run = FitRun(
+            None, cbs, loader, epochs, steps, restarts, dist, freq, steps if steps < batches else None
+        )
         self._use_schedule_phase(initial_epoch)
         self._planned_epochs = epochs
         self.stop_training = False
