@@ -342,3 +342,48 @@ def test_the_epoch0_plan_applies_at_construction_and_groups_show_it() -> None:
     gradual.fit(X, Y, batch_size=16, epochs=2, verbose=0)
     assert [g.trainable for g in gradual.groups] == [False, True, True]  # the plan last applied
     assert all(g.trainable for g in tuner().groups)  # FullFineTune
+
+
+# -- item 7 (part): steps_per_epoch and validation_freq, as Keras ------------------------------------------
+def test_steps_per_epoch_trains_that_many_batches_per_epoch() -> None:
+    counter = StepCounter()
+    batches: list[int] = []
+    cb = LambdaCallback(on_train_batch_begin=lambda batch, logs: batches.append(batch))
+    history = tuner().fit(X, Y, batch_size=8, epochs=3, verbose=0, steps_per_epoch=2, callbacks=[counter, cb])
+    assert counter.steps == 6 and batches == [0, 1] * 3 and history.epoch == [0, 1, 2]
+    assert history.history["lr"][-1] == pytest.approx(tuner_lr_at_end(), rel=1e-6)
+
+
+def tuner_lr_at_end() -> float:
+    """The one-cycle schedule ends where it ends whatever the number of steps: it spans 3 x 2 steps."""
+    ft = tuner()
+    return ft.fit(X, Y, batch_size=24, epochs=3, verbose=0).history["lr"][-1]  # 2 batches per epoch
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", 7])
+def test_a_bad_steps_per_epoch_raises_naming_it(bad: Any) -> None:
+    with pytest.raises(ConfigError, match=f"steps_per_epoch={bad!r}"):
+        tuner().fit(X, Y, batch_size=8, epochs=1, verbose=0, steps_per_epoch=bad)
+
+
+@pytest.mark.parametrize(("freq", "validated"), [(1, [0, 1, 2, 3]), (2, [1, 3]), ([1, 4], [0, 3])])
+def test_validation_freq_validates_on_those_epochs_only(freq: Any, validated: list[int]) -> None:
+    seen: list[int] = []
+    epochs_with_val: list[int] = []
+    cbs = [
+        LambdaCallback(on_test_begin=lambda logs: seen.append(len(epochs_with_val))),
+        LambdaCallback(
+            on_epoch_end=lambda epoch, logs: epochs_with_val.append(epoch) if "val_loss" in logs else None
+        ),
+        EarlyStopping(monitor="val_loss", patience=10),  # epochs without val_loss are skipped, not errors
+    ]
+    history = tuner().fit(X, Y, batch_size=8, epochs=4, verbose=0, validation_split=0.25,
+                          validation_freq=freq, callbacks=cbs)  # fmt: skip
+    assert epochs_with_val == validated and len(seen) == len(validated)
+    assert len(history.history["val_loss"]) == len(validated) and len(history.history["loss"]) == 4
+
+
+@pytest.mark.parametrize("bad", [0, [], [0, 2], "2", True])
+def test_a_bad_validation_freq_raises_naming_it(bad: Any) -> None:
+    with pytest.raises(ConfigError, match=r"validation_freq="):
+        tuner().fit(X, Y, batch_size=8, epochs=1, verbose=0, validation_split=0.25, validation_freq=bad)
