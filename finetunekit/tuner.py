@@ -77,7 +77,13 @@ def seed_everything(seed: int) -> None:
 
 
 class FineTuner(FitMixin):
-    """Fine-tune a timm / torchvision / custom backbone with a Keras-style API. See DESIGN.md."""
+    """Fine-tune a timm / torchvision / custom backbone with a Keras-style API (docs/api.md).
+
+    ``FineTuner(backbone, num_classes)`` builds the backbone with a new head and its ordered layer groups
+    and applies the strategy's epoch-0 plan at once; then ``compile()``, ``fit()``, ``evaluate()``,
+    ``predict()``, ``save()`` / ``FineTuner.load()``, as in Keras. The constructor's arguments are listed
+    under ``__init__``.
+    """
 
     # item 4: True on the FineTuner or on its nn.Module (Keras' self.model.stop_training) stops a fit
     stop_training = StopTrainingFlag()
@@ -100,9 +106,35 @@ class FineTuner(FitMixin):
         distributed: bool | None = None,
         sync_bn: bool = False,
     ):
-        """``distributed``: None runs DDP when launched by torchrun (or a process group exists), True
-        insists, False never (each process trains alone). ``sync_bn`` turns BatchNorm into SyncBatchNorm
-        under DDP (CUDA only). See docs/distributed.md."""
+        """Build the model: the backbone, a new ``num_classes`` head, its layer groups, the strategy.
+
+        Args:
+            backbone: ``"timm/<name>"``, ``"torchvision/<name>"``, ``"hf-hub:org/repo"``, a bare name
+                (timm first, then torchvision), or any ``nn.Module`` (then ``head=`` may name its classifier).
+            num_classes: outputs of the new head (a fresh, small-initialised layer).
+            pretrained: load the registry's weights (downloaded once, then from the cache); offline without
+                a cache this fails at once with ``PretrainedWeightsUnavailableError`` (set
+                ``HF_HUB_OFFLINE=1`` to skip network checks). Ignored when ``weights`` is given.
+            weights: local weights for the backbone instead: a .pth / .pt / .safetensors path or a state
+                dict; the classifier is excluded; keys are matched exactly, without wrapper prefixes, or by
+                position when every shape agrees; never a silent partial load.
+            strategy: a Strategy, a list of them (composed), or None for ``FullFineTune()``. Its epoch-0
+                plan applies now: ``ft.model``'s ``requires_grad`` and ``ft.groups[i].trainable`` show it.
+            image_size: input size for uint8 images (int or (h, w)); default the weights' own. ViT-like
+                timm models are built at this size.
+            in_chans: input channels; a pretrained stem is adapted (RGB filters summed for 1 channel).
+            device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+            seed: makes head init, shuffling, the validation split and augmentation reproducible.
+            head: attribute path of an ``nn.Module`` backbone's classifier (e.g. ``"classifier.1"``), when
+                it cannot be found on its own.
+            class_names: names of the classes, stored by ``save``; taken from folder names when you fit
+                on a folder of class subfolders.
+            groups: your own layer groups, input -> head: one attribute path or glob (or a list of them)
+                per group, e.g. ``["stem", "layer[12]", "layer[34]"]``; every parameter exactly once.
+            distributed: None runs DDP when launched by torchrun (or a process group exists), True
+                insists, False never (each process trains alone). See docs/distributed.md.
+            sync_bn: under DDP, turn BatchNorm into SyncBatchNorm (CUDA only).
+        """
         check_positive_int("num_classes", num_classes)
         check_positive_int("in_chans", in_chans)
         self.seed = seed
