@@ -21,10 +21,10 @@ from finetunekit.backbones import build_backbone, rebuild_backbone
 from finetunekit.backbones.base import Backbone, DataConfig
 from finetunekit.backbones.snapshot import backbone_state
 from finetunekit.callbacks import Callback, CallbackList, History
-from finetunekit.callbacks.base import StopTrainingFlag
 from finetunekit.callbacks.interrupt import report_interrupt
 from finetunekit.callbacks.monitor import monitor_params
 from finetunekit.callbacks.progbar import num_steps, resolve_verbose
+from finetunekit.callbacks.stop_flag import StopTrainingFlag
 from finetunekit.distributed.failure import guard
 from finetunekit.errors import CheckpointError, ConfigError, NotCompiledError
 from finetunekit.metrics import check_metrics

@@ -2,7 +2,8 @@
 
 Keras users already know ``on_epoch_end(epoch, logs)`` and ``self.model.stop_training = True``; we keep
 those names so their callbacks port unchanged. ``self.model`` here is the ``nn.Module`` and
-``self.tuner`` the FineTuner; ``stop_training = True`` on either stops the fit (:class:`StopTrainingFlag`).
+``self.tuner`` the FineTuner; ``stop_training = True`` on either stops the fit
+(:class:`finetunekit.callbacks.stop_flag.StopTrainingFlag`).
 """
 
 from __future__ import annotations
@@ -36,31 +37,6 @@ HOOK_NAMES: tuple[str, ...] = (
     "on_batch_begin",
     "on_batch_end",
 )
-
-
-class StopTrainingFlag:
-    """``ft.stop_training``: also true when a callback set ``self.model.stop_training = True``.
-
-    Keras callbacks stop a fit with ``self.model.stop_training = True``; here ``self.model`` is the
-    ``nn.Module``, so the flag lives on both objects: setting it on the FineTuner writes it on its module
-    too, and reading it on the FineTuner sees either. Whichever object a callback sets it on, the loop
-    stops (after the current batch), never a silent no-op.
-    """
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self._slot = f"_{name}"
-
-    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
-        if obj is None:
-            return self
-        model = obj.__dict__.get("model")
-        return bool(obj.__dict__.get(self._slot, False) or getattr(model, "stop_training", False))
-
-    def __set__(self, obj: Any, value: bool) -> None:
-        obj.__dict__[self._slot] = bool(value)
-        model = obj.__dict__.get("model")
-        if isinstance(model, nn.Module):
-            model.__dict__["stop_training"] = bool(value)  # a plain attribute, as a user's assignment makes
 
 
 class Callback:
