@@ -11,7 +11,9 @@ held-out accuracy after the probe phase and after fine-tuning, so you see what u
 Two choices decide whether the fine-tuning phase helps or collapses (measured in docs/strategies.md,
 "Defaults, measured"): the backbone's LR after the warm-up (a tenth of the head's, with a fresh LR cycle
 for the second phase, ended this example at 0.23 test accuracy; half of it, in one cycle over the whole
-run, is LPFT's measured default), and a mild LR decay with depth (0.9 per group, not 0.5).
+run, is LPFT's measured default), and a mild LR decay with depth (0.9 per group, not 0.5). With them,
+held-out accuracy goes from 0.37 after the head-only epoch to 0.80 after 5 epochs on 300 images (2 CPU
+cores, about 8 minutes under load).
 """
 
 from __future__ import annotations
