@@ -86,11 +86,13 @@ def monitored_value(owner: str, monitor: str, logs: Mapping[str, Any], params: M
 
     When callbacks may add keys (``log_keys_open``), a monitor still missing from a complete epoch's
     logs (one that validated, or any epoch for a non-``val_`` key) raises ConfigError: it would never
-    be seen.
+    be seen. Batch logs (no ``lr`` key) are never judged.
     """
     value = logs.get(monitor)
     if value is not None or not params.get("log_keys_open") or monitor in params.get("log_keys", ()):
         return value
+    if "lr" not in logs:  # batch logs (ModelCheckpoint(save_freq=N)): fit's epoch logs always have lr
+        return None
     validated = any(k.startswith("val_") for k in logs)
     if validated or not monitor.startswith("val_"):
         raise _unknown_monitor(owner, monitor, list(logs), "the epoch logs have")

@@ -105,6 +105,14 @@ def test_an_undeclared_key_from_a_custom_callback_is_judged_on_the_first_epoch()
         tuner().fit(X, Y, batch_size=8, epochs=3, verbose=0, callbacks=[adds, typo])
 
 
+def test_batch_level_checkpoints_do_not_judge_an_undeclared_epoch_key(tmp_path: Any) -> None:
+    adds = LambdaCallback(on_epoch_end=lambda epoch, logs: logs.__setitem__("custom", float(epoch)))
+    cb = ModelCheckpoint(tmp_path / "best.safetensors", monitor="custom", mode="max", save_best_only=True,
+                         save_weights_only=True, save_freq=2)  # fmt: skip
+    tuner().fit(X, Y, batch_size=8, epochs=1, verbose=0, callbacks=[adds, cb])  # batch logs lack "custom"
+    assert not (tmp_path / "best.safetensors").exists()
+
+
 # -- item 3: plateau state resets per fit, a resume keeps it -------------------------------------------
 class LRTuner(FakeTuner):
     def __init__(self) -> None:
