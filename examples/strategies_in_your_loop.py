@@ -5,9 +5,12 @@ you the optimizer param groups and applies the strategy's per-epoch plan (requir
 modes, per-group LRs). Everything else -- data, loss, precision, logging -- is your loop's.
 
     python examples/strategies_in_your_loop.py            # offline: digits + EfficientNet-Lite0 weights
+    FINETUNEKIT_FAST=1 python examples/strategies_in_your_loop.py   # a few samples, 1 epoch (CI)
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +18,8 @@ import torch.nn.functional as F
 from finetunekit import FineTuner
 from finetunekit.demo import lite0_weights_path, load_digits_images
 from finetunekit.strategies import DiscriminativeLR, GradualUnfreeze, StrategyRunner, schedule_multiplier
+
+FAST = os.environ.get("FINETUNEKIT_FAST") == "1"  # CI: a few samples, 1 epoch
 
 
 def to_tensors(images, labels, size=64):
@@ -26,9 +31,9 @@ def to_tensors(images, labels, size=64):
     return (x - mean) / std, torch.from_numpy(labels)
 
 
-def main(epochs: int = 3, base_lr: float = 2e-3, batch_size: int = 32) -> float:
+def main(epochs: int = 1 if FAST else 3, base_lr: float = 2e-3, batch_size: int = 32) -> float:
     torch.manual_seed(0)
-    x_train, y_train, x_test, y_test = load_digits_images(seed=0, n_train=300)
+    x_train, y_train, x_test, y_test = load_digits_images(seed=0, n_train=64 if FAST else 300)
     train = torch.utils.data.TensorDataset(*to_tensors(x_train, y_train))
     loader = torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=True)
     x_test_t, y_test_t = to_tensors(x_test[:500], y_test[:500])
@@ -57,6 +62,10 @@ def main(epochs: int = 3, base_lr: float = 2e-3, batch_size: int = 32) -> float:
         with torch.no_grad():
             accuracy = (model(x_test_t).argmax(1) == y_test_t).float().mean().item()
         print(f"epoch {epoch}: loss {loss.item():.3f}  held-out accuracy {accuracy:.3f}")
+    print(
+        f"Shown: GradualUnfreeze + DiscriminativeLR applied in a plain PyTorch loop; {accuracy:.3f} held-out "
+        f"accuracy (chance 0.1) after {epochs} epoch(s)."
+    )
     return accuracy
 
 

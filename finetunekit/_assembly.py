@@ -23,19 +23,20 @@ from finetunekit.tools.summary import format_summary
 
 @dataclass(frozen=True)
 class GroupInfo:
-    """What ``ft.groups`` shows: a layer group's name and size."""
+    """What ``ft.groups`` shows: a layer group's name, size, and whether it trains now."""
 
     name: str
     num_params: int
     param_names: tuple[str, ...]
+    trainable: bool = True  # the current plan's requires_grad (the epoch-0 plan until fit)
 
     def __repr__(self) -> str:
-        return f"GroupInfo(name={self.name!r}, num_params={self.num_params:,})"
+        return f"GroupInfo(name={self.name!r}, num_params={self.num_params:,}, trainable={self.trainable})"
 
 
 def group_infos(backbone: Backbone, params_by_group: Sequence[Sequence[nn.Parameter]]) -> list[GroupInfo]:
     return [
-        GroupInfo(g.name, sum(p.numel() for p in ps), tuple(g.param_names))
+        GroupInfo(g.name, sum(p.numel() for p in ps), tuple(g.param_names), any(p.requires_grad for p in ps))
         for g, ps in zip(backbone.groups, params_by_group, strict=True)
     ]
 

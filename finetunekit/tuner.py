@@ -20,6 +20,9 @@ from finetunekit.backbones import build_backbone
 from finetunekit.backbones.base import Backbone, DataConfig
 from finetunekit.backbones.snapshot import backbone_state
 from finetunekit.callbacks import Callback, History
+from finetunekit.callbacks.interrupt import report_interrupt
+from finetunekit.callbacks.progbar import resolve_verbose
+from finetunekit.callbacks.stop_flag import StopTrainingFlag
 from finetunekit.data import PreparedData, prepare_data
 from finetunekit.distributed.failure import guard
 from finetunekit.errors import ConfigError, NotCompiledError
@@ -33,7 +36,7 @@ from finetunekit.strategies.apply import (
 )
 from finetunekit.tools import learning_curve as _lc
 from finetunekit.tools import wise
-from finetunekit.training import compile_config, feature_cache, inference, preflight, setup
+from finetunekit.training import compile_config, feature_cache, fit_options, inference, preflight, setup
 from finetunekit.training.compile_config import CompileConfig
 from finetunekit.training.compute import Compute, ComputeConfig
 from finetunekit.training.determinism import deterministic_mode, seed_everything
@@ -46,7 +49,16 @@ if TYPE_CHECKING:
 
 
 class FineTuner:
-    """Fine-tune a timm / torchvision / custom backbone with a Keras-style API (docs/api.md)."""
+    """Fine-tune a timm / torchvision / custom backbone with a Keras-style API (docs/api.md).
+
+    ``FineTuner(backbone, num_classes)`` builds the backbone with a new head and its ordered layer groups
+    and applies the strategy's epoch-0 plan at once; then ``compile()``, ``fit()``, ``evaluate()``,
+    ``predict()``, ``save()`` / ``FineTuner.load()``, as in Keras. The constructor's arguments are listed
+    under ``__init__``.
+    """
+
+    # item 4: True on the FineTuner or on its nn.Module (Keras' self.model.stop_training) stops a fit
+    stop_training = StopTrainingFlag()
 
     def __init__(self, backbone: str | nn.Module, num_classes: int, *, pretrained: bool = True,
                  weights: str | os.PathLike[str] | Mapping[str, torch.Tensor] | None = None,
@@ -56,9 +68,35 @@ class FineTuner:
                  class_names: Sequence[str] | None = None,
                  groups: Sequence[str | Sequence[str]] | None = None, distributed: bool | None = None,
                  sync_bn: bool = False):  # fmt: skip
-        """``distributed``: None runs DDP when launched by torchrun (or a process group exists), True
-        insists, False never (each process trains alone). ``sync_bn`` turns BatchNorm into SyncBatchNorm
-        under DDP (CUDA only). See docs/distributed.md."""
+        """Build the model: the backbone, a new ``num_classes`` head, its layer groups, the strategy.
+
+        Args:
+            backbone: ``"timm/<name>"``, ``"torchvision/<name>"``, ``"hf-hub:org/repo"``, a bare name
+                (timm first, then torchvision), or any ``nn.Module`` (then ``head=`` may name its classifier).
+            num_classes: outputs of the new head (a fresh, small-initialised layer).
+            pretrained: load the registry's weights (downloaded once, then from the cache); offline without
+                a cache this fails at once with ``PretrainedWeightsUnavailableError`` (set
+                ``HF_HUB_OFFLINE=1`` to skip network checks). Ignored when ``weights`` is given.
+            weights: local weights for the backbone instead: a .pth / .pt / .safetensors path or a state
+                dict; the classifier is excluded; keys are matched exactly, without wrapper prefixes, or by
+                position when every shape agrees; never a silent partial load.
+            strategy: a Strategy, a list of them (composed), or None for ``FullFineTune()``. Its epoch-0
+                plan applies now: ``ft.model``'s ``requires_grad`` and ``ft.groups[i].trainable`` show it.
+            image_size: input size for uint8 images (int or (h, w)); default the weights' own. ViT-like
+                timm models are built at this size.
+            in_chans: input channels; a pretrained stem is adapted (RGB filters summed for 1 channel).
+            device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+            seed: makes head init, shuffling, the validation split and augmentation reproducible.
+            head: attribute path of an ``nn.Module`` backbone's classifier (e.g. ``"classifier.1"``), when
+                it cannot be found on its own.
+            class_names: names of the classes, stored by ``save``; taken from folder names when you fit
+                on a folder of class subfolders.
+            groups: your own layer groups, input -> head: one attribute path or glob (or a list of them)
+                per group, e.g. ``["stem", "layer[12]", "layer[34]"]``; every parameter exactly once.
+            distributed: None runs DDP when launched by torchrun (or a process group exists), True
+                insists, False never (each process trains alone). See docs/distributed.md.
+            sync_bn: under DDP, turn BatchNorm into SyncBatchNorm (CUDA only).
+        """
         check_positive_int("num_classes", num_classes)
         check_positive_int("in_chans", in_chans)
         self.seed = seed
@@ -92,6 +130,10 @@ class FineTuner:
         self._norms_by_group = norm_modules_by_group(self.model, built.groups)
         self._ema: Any = None  # finetunekit.training.ema.WeightEMA when compile(ema_decay=...)
         self._compute: Compute | None = None  # the one forward path, set by compile()
+        # The strategy applies from construction, as fastai's vision_learner freezes at creation.
+        for scale, params in zip(self.plan(0), self._params_by_group, strict=True):
+            for p in params:
+                p.requires_grad_(scale is not None)
         # Starting point for L2-SP, WiSE-FT, RetentionMonitor, learning_curve: one CPU copy of the backbone.
         self._pretrained_state = backbone_state(self.model, built.head_path)
         self._wise_end: tuple[Any, dict[str, torch.Tensor]] | None = None
@@ -103,7 +145,8 @@ class FineTuner:
 
     @property
     def groups(self) -> list[assembly.GroupInfo]:
-        """Layer groups, ordered input -> head, with parameter counts."""
+        """Layer groups, ordered input -> head, with parameter counts and whether each trains now (the
+        strategy's epoch-0 plan from construction on; during and after fit, the plan last applied)."""
         return assembly.group_infos(self._backbone, self._params_by_group)
 
     @property
@@ -169,7 +212,8 @@ class FineTuner:
             verbose: int | str = "auto", callbacks: Sequence[Callback] | None = None,
             validation_split: float = 0.0, validation_data: Any = None, shuffle: bool = True,
             initial_epoch: int = 0, augment: bool = True, deterministic: bool = False,
-            num_workers: int | None = None, cache_features: bool = True) -> History:  # fmt: skip
+            num_workers: int | None = None, cache_features: bool = True, steps_per_epoch: int | None = None,
+            validation_freq: int | Sequence[int] = 1) -> History:  # fmt: skip
         """Train for ``epochs`` epochs (Keras semantics) and return the History. Event order::
 
             restore (a BackupAndRestore holding a backup: every registered part of the training state)
@@ -184,8 +228,11 @@ class FineTuner:
         torch's deterministic algorithms for this fit only. ``num_workers``: DataLoader workers (None:
         in-process for in-memory data, a few for image files); augmentation is seeded per sample, so it
         does not change results. ``cache_features``: while the bottom groups stay frozen and nothing is
-        augmented, run them once and train the rest on cached outputs (docs/performance.md)."""
+        augmented, run them once and train the rest on cached outputs (docs/performance.md).
+        ``steps_per_epoch``: train each epoch on the first N batches of its (reshuffled) pass, as Keras;
+        ``validation_freq``: validate every N epochs, or after the listed 1-based epochs."""
         verbose = check_fit_args(batch_size, epochs, initial_epoch, validation_split, verbose)
+        freq = fit_options.check_validation_freq(validation_freq)
         if self._compiled is None:
             self.compile()
         assert self._compiled is not None and self.optimizer is not None and self._compute is not None
@@ -198,7 +245,7 @@ class FineTuner:
         if self.class_names is None and train.class_names is not None:
             self.class_names = list(train.class_names)
         args = setup.FitArgs(batch_size, epochs, verbose, list(callbacks or []), shuffle, num_workers,
-                             cache_features)  # fmt: skip
+                             cache_features, steps_per_epoch, freq)  # fmt: skip
         trainer = setup.build_trainer(
             self, view=self._model_view(), optimizer=self.optimizer, compiled=self._compiled,
             compute=self._compute, ema=self._ema, seed=self.seed, num_classes=self.num_classes,
@@ -209,6 +256,12 @@ class FineTuner:
         try:
             with deterministic_mode(deterministic):
                 trainer.fit(initial_epoch)
+        except KeyboardInterrupt:  # keep the completed epochs, say how to resume
+            self.history = trainer.callbacks.history
+            loop = trainer.loop
+            report_interrupt(trainer.callbacks, loop.epoch, loop.step if loop.tracker is not None else None,
+                             epochs, trainer.steps_per_epoch)  # fmt: skip
+            raise
         finally:
             self._trainer, self._last_fit = None, trainer.outcome()
         self.history = trainer.callbacks.history
@@ -266,7 +319,7 @@ class FineTuner:
         return plan
 
     @guard  # [distributed]
-    def evaluate(self, x: Any = None, y: Any = None, batch_size: int = 32, verbose: int = 0,
+    def evaluate(self, x: Any = None, y: Any = None, batch_size: int = 32, verbose: int | str = 0,
                  callbacks: Sequence[Callback] | None = None,
                  tta: bool = False) -> dict[str, float]:  # fmt: skip
         """Loss and metrics on labelled data, as Python floats. ``tta=True`` averages the probabilities
@@ -280,10 +333,10 @@ class FineTuner:
         return inference.evaluate(self.eval_model, data, run_for(self), batch_size, owner=self,
                                   compute=self._compute_path(), loss_fn=self._compiled.loss_fn,
                                   metrics=self._compiled.metrics, callbacks=callbacks or [],
-                                  tta=tta)  # fmt: skip
+                                  tta=tta, verbose=resolve_verbose("evaluate", verbose))  # fmt: skip
 
     @guard  # [distributed]
-    def predict(self, x: Any, batch_size: int = 32, verbose: int = 0,
+    def predict(self, x: Any, batch_size: int = 32, verbose: int | str = 0,
                 callbacks: Sequence[Callback] | None = None, tta: bool = False) -> np.ndarray:  # fmt: skip
         """Class probabilities, shape (N, num_classes), in input order; ``tta=True`` averages them over
         the image and its horizontal mirror."""
@@ -292,7 +345,8 @@ class FineTuner:
         self._head_at_init = preflight.warn_if_untrained(self.model, self._head_at_init, "predict()")
         return inference.predict(self.eval_model, data, run_for(self), batch_size, owner=self,
                                  compute=self._compute_path(), num_classes=self.num_classes,
-                                 callbacks=callbacks or [], tta=tta)  # fmt: skip
+                                 callbacks=callbacks or [], tta=tta,
+                                 verbose=resolve_verbose("predict", verbose))  # fmt: skip
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write ``path/model.safetensors`` and ``path/config.json`` atomically; no pickle.

@@ -21,6 +21,7 @@ from .common import (
     state_keys_under,
     to_hw,
 )
+from .download import hub_access, hub_offline_env, short_cause
 from .grouping import MATCH_PREV, finalize_groups, groups_from_matcher, top_level_groups
 from .weights import WeightsSource, load_weights
 
@@ -55,17 +56,33 @@ def fixed_input_size(name: str) -> bool:
 def _create(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
     import timm
 
-    try:
-        return timm.create_model(name, pretrained=pretrained, **kwargs)
-    except (OSError, RuntimeError) as e:
-        if not pretrained:
-            raise
-        raise PretrainedWeightsUnavailableError(
-            f"pretrained weights for 'timm/{name}' could not be downloaded or found in the cache "
-            f"({type(e).__name__}: {str(e)[:160]}). Expected network access to the Hugging Face Hub "
-            "or a cached copy. Fix: pass weights='path/to/file.safetensors' (or .pth) with local "
-            "weights, or pretrained=False to start from random init."
-        ) from e
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    with (
+        hub_access() as offline
+    ):  # offline: seconds, not a minute of retries (finetunekit.backbones.download)
+        try:
+            return timm.create_model(name, pretrained=True, **kwargs)
+        except (OSError, RuntimeError) as e:  # huggingface_hub's errors are OSErrors
+            raise _weights_unavailable(name, e, offline) from e
+
+
+def _weights_unavailable(name: str, error: BaseException, offline: str | None) -> Exception:
+    if offline is None:
+        why = f"could not be downloaded or found in the cache ({short_cause(error)})"
+    else:
+        why = f"are not in the local cache and could not be downloaded: {offline}"
+    env = (
+        "unset HF_HUB_OFFLINE to download them once"
+        if hub_offline_env()
+        else "when working offline with weights already cached, set HF_HUB_OFFLINE=1 so nothing waits "
+        "for the network"
+    )
+    return PretrainedWeightsUnavailableError(
+        f"pretrained weights for 'timm/{name}' {why}. Expected network access to the Hugging Face Hub "
+        "or a cached copy. Fix: pass weights='path/to/file.safetensors' (or .pth) with local weights, "
+        f"or pretrained=False to start from random init; {env}."
+    )
 
 
 def _create_sized(

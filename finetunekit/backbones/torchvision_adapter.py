@@ -24,6 +24,7 @@ from .common import (
     state_keys_under,
     to_hw,
 )
+from .download import short_cause, torch_hub_cached, unreachable
 from .grouping import finalize_groups, groups_from_matcher, top_level_groups
 from .timm_adapter import build_kwargs
 from .torchvision_families import (
@@ -60,13 +61,19 @@ def _create(name: str, pretrained: bool, image_size: Any) -> nn.Module:
                 "timm ViT (e.g. 'timm/vit_base_patch16_224', which resamples position embeddings)."
             )
     kwargs = create_kwargs(name, hw)
+    if not pretrained:
+        return torchvision.models.get_model(name, weights=None, **kwargs)
+    url = torchvision.models.get_model_weights(name).DEFAULT.url
+    offline = None if torch_hub_cached(url) else unreachable(url)  # seconds, not a TCP timeout
     try:
-        return torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None, **kwargs)
+        if offline is not None:
+            raise ConnectionError(offline)
+        return torchvision.models.get_model(name, weights="DEFAULT", **kwargs)
     except OSError as e:
+        why = f"could not be downloaded: {offline or short_cause(e)}"
         raise PretrainedWeightsUnavailableError(
-            f"pretrained weights for 'torchvision/{name}' could not be downloaded or found in "
-            f"~/.cache/torch ({type(e).__name__}: {str(e)[:160]}). Expected network access to "
-            "download.pytorch.org or a cached file. Fix: pass weights='path/to/file.pth' with local "
+            f"pretrained weights for 'torchvision/{name}' are not in ~/.cache/torch and {why}. Expected "
+            f"network access to {url} or a cached file. Fix: pass weights='path/to/file.pth' with local "
             "weights, or pretrained=False to start from random init."
         ) from e
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from finetunekit.callbacks.base import Callback, Logs
+from finetunekit.callbacks.progbar import log_message
 from finetunekit.errors import CheckpointError, ConfigError
 from finetunekit.saving import checkpoint, destinations
 from finetunekit.saving.files import probe_writable
@@ -79,6 +80,20 @@ class BackupAndRestore(Callback):
                 continue
             run.request_restore(folder)
             return
+
+    def on_restored(self, point: Any, folder: Path) -> None:
+        """Called by the fit once the backup it asked for is restored: one line, when fit shows progress,
+        saying where the run continues (epoch 1-based, step = batches of that epoch already done), so a
+        resumed run is never mistaken for a fresh one."""
+        from finetunekit.distributed import is_main_process
+
+        if self.params.get("verbose", 0) and is_main_process():
+            steps = self.params.get("steps")
+            of = f" of {steps}" if steps else ""
+            log_message(
+                f"BackupAndRestore: resumed from epoch {point.epoch + 1}, step {point.step}{of} "
+                f"(backup {folder})"
+            )
 
     # -- saving ----------------------------------------------------------------------------------------
     def on_train_begin(self, logs: Logs | None = None) -> None:

@@ -1,8 +1,9 @@
 """The callback base class and the list that dispatches hooks to callbacks, in Keras vocabulary.
 
 Keras users already know ``on_epoch_end(epoch, logs)`` and ``self.model.stop_training = True``; we keep
-those names so their callbacks port by renaming ``self.model.stop_training`` to
-``self.tuner.stop_training`` (``self.model`` here is the ``nn.Module``, which has no such flag).
+those names so their callbacks port unchanged. ``self.model`` here is the ``nn.Module`` and
+``self.tuner`` the FineTuner; ``stop_training = True`` on either stops the fit
+(:class:`finetunekit.callbacks.stop_flag.StopTrainingFlag`).
 """
 
 from __future__ import annotations
@@ -43,15 +44,20 @@ HOOK_NAMES: tuple[str, ...] = (
 class Callback:
     """Base of every callback: all hooks are no-ops, so a subclass overrides only what it needs.
 
-    ``self.tuner`` is the :class:`~finetunekit.FineTuner` running the loop (set ``self.tuner.stop_training
-    = True`` to stop after the current epoch), ``self.model`` its ``nn.Module`` and ``self.params`` the
-    Keras dict ``{"epochs", "steps", "verbose"}``. During ``fit``, ``self.run`` is a
-    :class:`~finetunekit._types.RunView` of the fit in progress (position, stop, checkpoint state);
-    None outside a fit. Callbacks with state worth resuming override
+    ``self.tuner`` is the :class:`~finetunekit.FineTuner` running the loop, ``self.model`` its
+    ``nn.Module`` and ``self.params`` the Keras dict ``{"epochs", "steps", "verbose"}`` (inside ``fit``
+    also ``"log_keys"``, the keys the epoch logs will have). ``self.model.stop_training = True`` (Keras)
+    or ``self.tuner.stop_training = True`` stops training after the current batch. During ``fit``,
+    ``self.run`` is a :class:`~finetunekit._types.RunView` of the fit in progress (position, stop,
+    checkpoint state); None outside a fit. Callbacks with state worth resuming override
     :meth:`state_dict` / :meth:`load_state_dict` with JSON-friendly values (decision 6: state is JSON).
+    A callback that adds keys to the epoch logs names them in :attr:`log_keys`, so EarlyStopping and the
+    others accept them as ``monitor``.
     """
 
     run: RunView | None = None  # a class default too: subclasses that skip __init__ still have it
+    #: Keys this callback adds to the epoch logs (see finetunekit.callbacks.monitor.fit_log_keys).
+    log_keys: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.tuner: Any = None

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from finetunekit.callbacks.base import Callback, Logs
+from finetunekit.callbacks.monitor import check_monitor, monitored_value
 from finetunekit.callbacks.progbar import log_message
 from finetunekit.errors import ConfigError
 
@@ -39,6 +40,11 @@ class EarlyStopping(Callback):
     ``restore_best_weights=True`` keeps an in-memory copy of the best epoch's ``state_dict`` (on the
     model's device) and loads it back at the end of training, also when training ran to the last epoch
     without stopping (Keras 3 behaviour), so the model you get is the one the monitor liked best.
+
+    A ``monitor`` that the fit's logs will not have raises ConfigError at ``on_train_begin``, naming the
+    keys they will have (Keras warns every epoch and never stops). ``verbose="auto"`` (the default)
+    says when it stopped and which epoch's weights it restored whenever ``fit`` shows progress
+    (``fit(verbose=1 or 2)``); 0 keeps it quiet, 1 always speaks.
     """
 
     def __init__(
@@ -46,7 +52,7 @@ class EarlyStopping(Callback):
         monitor: str = "val_loss",
         min_delta: float = 0,
         patience: int = 0,
-        verbose: int = 0,
+        verbose: int | str = "auto",
         mode: str = "auto",
         baseline: float | None = None,
         restore_best_weights: bool = False,
@@ -61,6 +67,11 @@ class EarlyStopping(Callback):
             )
         if patience < 0:
             raise ConfigError(f"EarlyStopping(patience={patience}) must be >= 0.")
+        if verbose != "auto" and (isinstance(verbose, bool) or not isinstance(verbose, int)):
+            raise ConfigError(
+                f"EarlyStopping(verbose={verbose!r}) is invalid; expected 'auto' (follow fit's verbose), "
+                "0 (quiet) or 1 (print when it stops and restores)"
+            )
         self.monitor = monitor
         self.patience = patience
         self.verbose = verbose
@@ -76,6 +87,14 @@ class EarlyStopping(Callback):
         self._state_loaded = False
         self._warned_missing = False
 
+    @property
+    def speaks(self) -> bool:
+        """Whether to print: ``verbose="auto"`` follows fit's ``verbose``, on the main process only."""
+        from finetunekit.distributed import is_main_process
+
+        level = self.params.get("verbose", 0) if self.verbose == "auto" else self.verbose
+        return bool(level) and is_main_process()
+
     def _reset(self) -> None:
         self.wait = 0
         self.stopped_epoch = 0
@@ -85,6 +104,7 @@ class EarlyStopping(Callback):
 
     # -- hooks -----------------------------------------------------------------------------------------
     def on_train_begin(self, logs: Logs | None = None) -> None:
+        check_monitor("EarlyStopping", self.monitor, self.params)
         if self._state_loaded:
             # Resuming (BackupAndRestore loaded our state before this fit began): keep it, once.
             self._state_loaded = False
@@ -113,18 +133,24 @@ class EarlyStopping(Callback):
             self.tuner.stop_training = True
 
     def on_train_end(self, logs: Logs | None = None) -> None:
-        if self.stopped_epoch > 0 and self.verbose > 0:
-            log_message(f"Epoch {self.stopped_epoch + 1}: early stopping")
+        if self.stopped_epoch > 0 and self.speaks:
+            best = "none" if self.best is None else f"{self.best:.4g}"
+            epochs = f"{self.wait} epoch{'s' if self.wait != 1 else ''}"
+            log_message(
+                f"Epoch {self.stopped_epoch + 1}: early stopping: {self.monitor} did not improve for "
+                f"{epochs} (best {best} at epoch {self.best_epoch + 1})"
+            )
         if self.restore_best_weights and self.best_weights is not None:
-            if self.verbose > 0:
+            if self.speaks:
                 log_message(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
             self.model.load_state_dict(self.best_weights)
 
     # -- helpers ---------------------------------------------------------------------------------------
     def _monitor_value(self, logs: Logs | None) -> float | None:
         logs = logs or {}
-        value = logs.get(self.monitor)
-        if value is None and not self._warned_missing:
+        value = monitored_value("EarlyStopping", self.monitor, logs or {}, self.params)
+        # Under fit (log_keys known) a missing key is an epoch that did not validate (validation_freq).
+        if value is None and not self._warned_missing and self.params.get("log_keys") is None:
             self._warned_missing = True
             warnings.warn(
                 f"EarlyStopping is conditioned on metric {self.monitor!r}, which is not in the logs. "

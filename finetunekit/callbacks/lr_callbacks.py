@@ -16,6 +16,7 @@ from typing import Any
 
 from finetunekit.callbacks.base import Callback, Logs
 from finetunekit.callbacks.early_stopping import _direction
+from finetunekit.callbacks.monitor import check_monitor, monitored_value
 from finetunekit.callbacks.progbar import log_message
 from finetunekit.errors import ConfigError
 
@@ -24,7 +25,11 @@ class ReduceLROnPlateau(Callback):
     """Multiply the base LR by ``factor`` once ``monitor`` has not improved for ``patience`` epochs.
 
     Keras semantics: an improvement beats the best by more than ``min_delta``; after a reduction,
-    ``cooldown`` epochs pass before counting again; the LR never goes below ``min_lr``.
+    ``cooldown`` epochs pass before counting again; the LR never goes below ``min_lr``. Like Keras, each
+    ``fit`` starts afresh (best, wait and cooldown reset at ``on_train_begin``), so a second fit (head
+    first, then everything) is not judged against the first fit's best; a fit resumed by
+    BackupAndRestore keeps the state it restored. A ``monitor`` the logs will not have raises at
+    ``on_train_begin``, naming the keys they will have.
     """
 
     def __init__(
@@ -51,6 +56,14 @@ class ReduceLROnPlateau(Callback):
         self.wait, self.cooldown_counter = 0, 0
         self.best: float | None = None
         self._warned = False
+        self._state_loaded = False
+
+    def on_train_begin(self, logs: Logs | None = None) -> None:
+        check_monitor("ReduceLROnPlateau", self.monitor, self.params)
+        if self._state_loaded:  # resumed by BackupAndRestore, which loads our state before this hook
+            self._state_loaded = False
+            return
+        self.wait, self.cooldown_counter, self.best = 0, 0, None
 
     def _improved(self, value: float) -> bool:
         if self.best is None:
@@ -58,9 +71,10 @@ class ReduceLROnPlateau(Callback):
         return value < self.best - self.min_delta if self._minimize else value > self.best + self.min_delta
 
     def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
-        value = (logs or {}).get(self.monitor)
+        value = monitored_value("ReduceLROnPlateau", self.monitor, logs or {}, self.params)
         if value is None:
-            if not self._warned:
+            # Under fit (params["log_keys"] known) a missing key is an epoch without validation.
+            if not self._warned and self.params.get("log_keys") is None:
                 self._warned = True
                 warnings.warn(
                     f"ReduceLROnPlateau monitors {self.monitor!r}, which is not in the logs "
@@ -99,6 +113,7 @@ class ReduceLROnPlateau(Callback):
         self.cooldown_counter = int(state.get("cooldown_counter", 0))
         best = state.get("best")
         self.best = None if best is None else float(best)
+        self._state_loaded = True
 
 
 class LearningRateScheduler(Callback):

@@ -11,6 +11,7 @@ from typing import Any
 from finetunekit.callbacks.backup import check_save_freq
 from finetunekit.callbacks.base import Callback, Logs
 from finetunekit.callbacks.early_stopping import _direction
+from finetunekit.callbacks.monitor import check_monitor, monitored_value
 from finetunekit.callbacks.progbar import log_message
 from finetunekit.errors import ConfigError
 from finetunekit.saving import checkpoint, destinations
@@ -67,7 +68,10 @@ class ModelCheckpoint(Callback):
 
     # -- hooks -----------------------------------------------------------------------------------------
     def on_train_begin(self, logs: Logs | None = None) -> None:
-        """[persist] A read-only, full or file-typed destination fails now, not at the first save."""
+        """[persist] A read-only, full or file-typed destination fails now, not at the first save; a
+        ``monitor`` the logs will not have raises now too (only used with save_best_only)."""
+        if self.save_best_only:
+            check_monitor("ModelCheckpoint", self.monitor, self.params)
         single = self.filepath.endswith(".safetensors")
         need = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
         need *= 1 if self.save_weights_only else 3
@@ -88,9 +92,10 @@ class ModelCheckpoint(Callback):
 
     # -- saving ----------------------------------------------------------------------------------------
     def _improved(self, logs: Mapping[str, Any]) -> bool:
-        value = logs.get(self.monitor)
+        value = monitored_value("ModelCheckpoint", self.monitor, logs or {}, self.params)
         if value is None:
-            if not self._warned_missing:
+            # Under fit (params["log_keys"] known) a missing key is an epoch without validation.
+            if not self._warned_missing and self.params.get("log_keys") is None:
                 self._warned_missing = True
                 warnings.warn(
                     f"ModelCheckpoint(save_best_only=True) monitors {self.monitor!r}, which is not in the "

@@ -45,6 +45,8 @@ class RetentionMonitor(Callback):
     """``fit(..., callbacks=[RetentionMonitor(x_ref)])`` logs ``retention_feature_sim`` and
     ``retention_weight_change`` each epoch; ``history_by_group[name]`` holds per-group weight change."""
 
+    log_keys = ("retention_feature_sim", "retention_weight_change")
+
     def __init__(self, reference_x: Any, similarity: str = "cka", batch_size: int = 64, every: int = 1):
         super().__init__()
         if similarity not in SIMILARITIES:

@@ -18,6 +18,7 @@ from finetunekit.strategies.apply import set_frozen_norms_to_eval, write_lrs
 from finetunekit.training import nonfinite
 from finetunekit.training.compute import Compute
 from finetunekit.training.context import LoopState, StepConfig
+from finetunekit.training.interrupt import deferred_interrupt
 
 LOG_EVERY = 10  # batch logs are synced from the device every this many steps...
 LOG_INTERVAL = 0.5  # ...or when this many seconds passed since the last sync (slow steps: live progress bar)
@@ -66,12 +67,13 @@ def train_epoch(
             xin, target = cfg.batch_transform(x, y, (epoch, step))
         else:
             xin, target = x, y
-        loss, logits = train_step(cfg, state, xin, target, step)
+        with deferred_interrupt():  # a Ctrl-C lands between steps, never inside one
+            loss, logits = train_step(cfg, state, xin, target, step)
         if state.step_applied:
             tracker.update(loss, logits, y)
         if step % LOG_EVERY == 0 or time.monotonic() - synced_at >= LOG_INTERVAL:
             nonfinite.check_deferred(state, cfg.optimizer)
-            batch_logs = tracker.result()
+            batch_logs = tracker.result() or unmeasured_logs(cfg.metrics, loss)
             synced_at = time.monotonic()
         callbacks.on_train_batch_end(step, batch_logs)
         if should_stop():
@@ -81,8 +83,16 @@ def train_epoch(
     if cfg.sync_metrics:  # [distributed]
         tracker.all_reduce()
     logs = tracker.result()
+    if not logs and step >= start_step:  # no step counted (a non-finite loss at the first batch)
+        logs = unmeasured_logs(cfg.metrics, loss)
     logs["lr"] = state.base_lr * cfg.schedule(min(1.0, cfg.progress(epoch, step + 1)))
     return logs
+
+
+def unmeasured_logs(metrics: list[str], loss: torch.Tensor) -> dict[str, float]:
+    """Logs when no batch was counted (its loss was non-finite and the step was not applied): the loss as
+    it was, the metrics NaN, as Keras logs them, so History and monitors always have the loss key."""
+    return {"loss": float(loss), **{name: float("nan") for name in metrics}}
 
 
 def train_step(
@@ -135,12 +145,16 @@ def evaluate_loader(
     model.eval()
     tracker = MetricTracker(metrics, device)
     callbacks.on_test_begin()
+    batch_logs: dict[str, float] = {}
+    synced_at = time.monotonic()
     for step, batch in enumerate(loader):
         callbacks.on_test_batch_begin(step)
         x, y = to_device(batch, device)
         logits = compute(model, x) if compute is not None else model(x)
         tracker.update(loss_fn(logits.float(), y), logits, y)
-        callbacks.on_test_batch_end(step)
+        if step % LOG_EVERY == 0 or time.monotonic() - synced_at >= LOG_INTERVAL:  # running logs
+            batch_logs, synced_at = tracker.result(), time.monotonic()
+        callbacks.on_test_batch_end(step, batch_logs)
     if sync_metrics:  # [distributed]
         tracker.all_reduce()
     logs = tracker.result()
@@ -167,7 +181,7 @@ def predict_loader(
         x, _ = to_device(batch, device)
         logits = compute(model, x) if compute is not None else model(x)
         chunks.append(torch.softmax(logits.float(), dim=1).cpu())
-        callbacks.on_predict_batch_end(step)
+        callbacks.on_predict_batch_end(step, {"outputs": chunks[-1].numpy()})  # as Keras
     callbacks.on_predict_end()
     model.train(was_training)
     return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), dtype=np.float32)

@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from finetunekit.callbacks import Callback, CallbackList
+from finetunekit.callbacks.monitor import monitor_params
 from finetunekit.data import PreparedData, split_validation
 from finetunekit.errors import ConfigError
-from finetunekit.training import feature_cache, preflight
+from finetunekit.training import feature_cache, fit_options, preflight
 from finetunekit.training.compile_config import CompileConfig
 from finetunekit.training.compute import Compute
 from finetunekit.training.trainer import ModelView, Trainer
@@ -35,6 +36,8 @@ class FitArgs:
     shuffle: bool
     num_workers: int | None
     cache_features: bool
+    steps_per_epoch: int | None = None  # fit(steps_per_epoch=...): None is every batch of a pass
+    validation_freq: fit_options.ValidationFreq = 1  # checked by fit_options.check_validation_freq
 
 
 def fit_data(
@@ -86,19 +89,25 @@ def build_trainer(
     sizes = preflight.probe_forward(view.model, train, device, num_classes, spec)
     preflight.check_last_batch(loader, train, sizes, list(bn_training))  # a last batch of one vs BatchNorm
     dist.seed_ranks(seed)
-    steps = num_batches(loader)
+    batches = num_batches(loader)
+    steps = fit_options.check_steps_per_epoch(args.steps_per_epoch, batches)
+    all_callbacks = [*args.callbacks, *dist.callbacks()]
+    monitor = monitor_params(compiled.metrics, val_loader is not None, all_callbacks)  # unknown monitors
     callbacks = CallbackList(
-        [*args.callbacks, *dist.callbacks()], tuner=owner, add_history=True, add_progbar=args.verbose != 0,
-        verbose=args.verbose, epochs=args.epochs, steps=steps,
+        all_callbacks, tuner=owner, add_history=True, add_progbar=args.verbose != 0,
+        verbose=args.verbose, epochs=args.epochs, steps=steps, **monitor,
     )  # fmt: skip
     mixing = bool(compiled.mixup or compiled.cutmix)
     disabled = feature_cache.disabled_reason(args.cache_features, dist.active, mixing)
+    if steps < batches:  # the cache holds whole passes
+        disabled = disabled or f"steps_per_epoch={steps} trains on part of each pass"
     reason = feature_cache.static_reason(loader, view.train_bn, disabled, train.loader is not None)
     return Trainer(
         owner=owner, view=view, optimizer=optimizer, compiled=compiled, compute=compute, ema=ema,
         device=device, seed=seed, num_classes=num_classes, model_config=model_config, callbacks=callbacks,
         loader=loader, val_loader=val_loader, epochs=args.epochs, steps_per_epoch=steps, dist=dist,
         cache_reason=reason, cache_validation=val is not None and val.loader is None and ema is None,
+        validation_freq=args.validation_freq, take=steps if steps < batches else None,
     )  # fmt: skip
 
 

@@ -25,7 +25,7 @@ from finetunekit.schedules import get_schedule, schedule_phase
 from finetunekit.strategies import Plan
 from finetunekit.techniques.gap import gap_logs
 from finetunekit.techniques.mixing import BatchMixer
-from finetunekit.training import feature_cache, loop, train_state
+from finetunekit.training import feature_cache, fit_options, loop, train_state
 from finetunekit.training.compile_config import CompileConfig
 from finetunekit.training.compute import Compute
 from finetunekit.training.context import LoopState, StepConfig
@@ -82,6 +82,8 @@ class Trainer:
         dist: Any,
         cache_reason: str | None,
         cache_validation: bool,
+        validation_freq: fit_options.ValidationFreq = 1,
+        take: int | None = None,
     ) -> None:
         self.owner, self.view, self.model = owner, view, view.model
         self.optimizer, self.compiled, self.ema, self.device = optimizer, compiled, ema, device
@@ -89,6 +91,7 @@ class Trainer:
         self.compile_kwargs: dict[str, Any] | None = getattr(owner, "_compile_kwargs", None)
         self.loader, self.val_loader, self.dist = loader, val_loader, dist
         self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
+        self.validation_freq, self.take = validation_freq, take  # fit(validation_freq=, steps_per_epoch=)
         self.stepper = Stepper(compiled.compute, self.model, device, ema, compute)
         mixer = BatchMixer(num_classes, compiled.mixup, compiled.cutmix, seed=seed, rank=dist.rank)
         self.mixer = mixer if mixer.active else None
@@ -140,11 +143,13 @@ class Trainer:
             self.measured_model, self.device, resumed=start > 0,
         )  # fmt: skip
         batches = point.batches if point is not None and start else inputs.loader
+        if self.take is not None:  # fit(steps_per_epoch=...): the first batches of this pass
+            batches = fit_options.take(batches, self.take - start)
         loop_state.model = inputs.model  # the cut's suffix on cached epochs
         logs = loop.train_epoch(cfg, loop_state, batches, epoch, plan, cbs, self._should_stop, start)
         loop_state.model = self.model
         self.dist.end_epoch(self.model)  # [distributed] rank 0's BN statistics everywhere
-        if inputs.val_loader is not None:
+        if inputs.val_loader is not None and fit_options.validates(self.validation_freq, epoch):
             val_logs = loop.evaluate_loader(
                 inputs.val_model, inputs.val_loader, cfg.loss_fn, cfg.metrics, self.device, cbs,
                 sync_metrics=self.dist.active, compute=self.stepper.compute,
@@ -189,7 +194,11 @@ class Trainer:
             if restore_fit is not None:
                 restore_fit()
             if self._restore_from is not None:
-                return train_state.restore(self, self._restore_from)
+                point = train_state.restore(self, self._restore_from)
+                announce = getattr(cb, "on_restored", None)  # BackupAndRestore says where it resumed
+                if announce is not None:
+                    announce(point, self._restore_from)
+                return point
         return train_state.ResumePoint(initial_epoch, 0)
 
     def outcome(self) -> FitOutcome:
