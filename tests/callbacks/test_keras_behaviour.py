@@ -230,7 +230,7 @@ def test_backup_and_restore_says_where_it_resumed(tmp_path: Any, capsys: pytest.
     from finetunekit.callbacks import BackupAndRestore
 
     def crash(batch: int, logs: dict[str, float]) -> None:
-        if ft._run is not None and ft._run.ctx.epoch == 1 and batch == 3:
+        if ft._trainer is not None and ft._trainer.epoch == 1 and batch == 3:
             raise KeyError("crash")
 
     ft = tuner()
@@ -297,8 +297,8 @@ def test_ctrl_c_keeps_completed_epochs_and_the_last_whole_step(capsys: pytest.Ca
     reference = sgd_tuner(interrupt_at=0)
 
     def stop_at_batch_3_of_epoch_2(batch: int, logs: dict[str, float]) -> None:
-        assert reference._run is not None
-        reference.stop_training = reference._run.ctx.epoch == 1 and batch == 2
+        assert reference._trainer is not None
+        reference.stop_training = reference._trainer.epoch == 1 and batch == 2
 
     stop = LambdaCallback(on_train_batch_end=stop_at_batch_3_of_epoch_2)
     reference.fit(X, Y, batch_size=8, epochs=3, verbose=0, shuffle=False, callbacks=[stop])  # 6 + 3 steps
