@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 
@@ -128,7 +128,7 @@ class TimmSchedulerMultiplier(_ShadowMultiplier):
         self._sched.step_update(num_updates=self._step)
 
 
-def _is_timm_scheduler(schedule: Any) -> bool:
+def _is_timm_scheduler(schedule: Any) -> TypeGuard[type]:
     if not (isinstance(schedule, type) and schedule.__module__.startswith("timm.")):
         return False
     from timm.scheduler.scheduler import Scheduler
