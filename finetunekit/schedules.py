@@ -3,14 +3,17 @@
 Because a schedule is only a multiplier, the tuner writes every group's LR in one place as
 ``base_lr * schedule(progress) * group_scale``: discriminative ratios stay exact at every step and a
 group opened mid-run joins the schedule where it is, with no jump. A ``torch.optim.lr_scheduler`` class
-is supported the same way: it runs on a one-parameter shadow optimizer and only its multiplier is read.
+or a ``timm.scheduler`` class is supported the same way: it runs on a one-parameter shadow optimizer
+whose base LR is 1.0 and only its multiplier is read (timm's: stepped once per training batch with the
+explicit batch count, ``t_initial`` in steps and defaulting to the schedule cycle's length).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 
@@ -61,11 +64,11 @@ def _cos_interp(a: float, b: float, t: float) -> float:
     return b + (a - b) * (1 + math.cos(math.pi * t)) / 2
 
 
-class TorchSchedulerMultiplier:
-    """Adapts a ``torch.optim.lr_scheduler`` class to a multiplier: it steps a shadow optimizer whose
-    base LR is 1.0, so the user's scheduler logic is used exactly while we keep writing the real LRs."""
+class _ShadowMultiplier:
+    """A scheduler class stepping a shadow optimizer whose base LR is 1.0: its LR is the multiplier, so
+    the user's scheduler logic is used exactly while the tuner keeps writing the real LRs."""
 
-    def __init__(self, scheduler_cls: type, total_steps: int, /, **kwargs: Any):
+    def __init__(self, scheduler_cls: type, kwargs: dict[str, Any]) -> None:
         self._opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
         try:
             self._sched = scheduler_cls(self._opt, **kwargs)
@@ -79,11 +82,6 @@ class TorchSchedulerMultiplier:
     def __call__(self, progress: float) -> float:
         return float(self._opt.param_groups[0]["lr"])
 
-    def step(self) -> None:
-        self._opt.step()  # a no-op (no grads) that keeps torch's "step order" check satisfied
-        self._sched.step()
-        self._step += 1
-
     def state_dict(self) -> dict[str, Any]:
         # The multiplier is the shadow optimizer's LR, which the scheduler's own state does not hold.
         return {"scheduler": self._sched.state_dict(), "step": self._step, "lr": self(0.0)}
@@ -93,6 +91,49 @@ class TorchSchedulerMultiplier:
         self._step = state["step"]
         if "lr" in state:
             self._opt.param_groups[0]["lr"] = float(state["lr"])
+
+
+class TorchSchedulerMultiplier(_ShadowMultiplier):
+    """A ``torch.optim.lr_scheduler`` class as a multiplier (``total_steps`` is not passed: torch
+    schedulers take their own lengths, e.g. ``T_max``)."""
+
+    def __init__(self, scheduler_cls: type, total_steps: int, /, **kwargs: Any):
+        super().__init__(scheduler_cls, kwargs)
+
+    def step(self) -> None:
+        self._opt.step()  # a no-op (no grads) that keeps torch's "step order" check satisfied
+        self._sched.step()
+        self._step += 1
+
+
+class TimmSchedulerMultiplier(_ShadowMultiplier):
+    """A ``timm.scheduler`` class (``CosineLRScheduler``, ``StepLRScheduler``, ...) as a multiplier,
+    stepped once per training batch with the explicit count (timm's ``step_update(num_updates)``);
+    ``t_initial`` defaults to ``total_steps``, the length of the schedule cycle in batches."""
+
+    def __init__(self, scheduler_cls: type, total_steps: int, /, **kwargs: Any):
+        if kwargs.get("t_in_epochs", False):
+            raise ConfigError(
+                f"schedule={scheduler_cls.__name__} with t_in_epochs=True: finetunekit steps timm schedulers "
+                "once per training batch, so their lengths (t_initial, warmup_t, decay_t) are in steps; drop "
+                "t_in_epochs (it defaults to False here) and give the lengths in steps"
+            )
+        kwargs["t_in_epochs"] = False
+        if "t_initial" in inspect.signature(scheduler_cls).parameters:
+            kwargs.setdefault("t_initial", max(1, total_steps))
+        super().__init__(scheduler_cls, kwargs)
+
+    def step(self) -> None:
+        self._step += 1
+        self._sched.step_update(num_updates=self._step)
+
+
+def _is_timm_scheduler(schedule: Any) -> TypeGuard[type]:
+    if not (isinstance(schedule, type) and schedule.__module__.startswith("timm.")):
+        return False
+    from timm.scheduler.scheduler import Scheduler
+
+    return issubclass(schedule, Scheduler)
 
 
 def schedule_phase(restarts: list[int], epochs: int, epoch: int) -> tuple[int, int]:
@@ -119,12 +160,12 @@ SCHEDULES: dict[str, Callable[..., Schedule]] = {
 
 
 def get_schedule(schedule: str | Schedule | type, total_steps: int, /, **kwargs: Any) -> Schedule:
-    """Resolve compile()'s ``schedule=``: a name, a callable of progress, or a torch scheduler class."""
+    """Resolve compile()'s ``schedule=``: a name, a function of progress, a torch / timm scheduler class."""
     if isinstance(schedule, str):
         if schedule not in SCHEDULES:
             raise ConfigError(
                 f"schedule={schedule!r} is unknown; expected one of {sorted(SCHEDULES)}, a function of "
-                f"progress in [0, 1], or a torch.optim.lr_scheduler class"
+                f"progress in [0, 1], or a torch.optim.lr_scheduler / timm.scheduler class"
             )
         try:
             return SCHEDULES[schedule](**kwargs)
@@ -132,9 +173,11 @@ def get_schedule(schedule: str | Schedule | type, total_steps: int, /, **kwargs:
             raise ConfigError(f"schedule={schedule!r} does not take {kwargs}: {e}") from e
     if isinstance(schedule, type) and issubclass(schedule, torch.optim.lr_scheduler.LRScheduler):
         return TorchSchedulerMultiplier(schedule, total_steps, **kwargs)
+    if _is_timm_scheduler(schedule):
+        return TimmSchedulerMultiplier(schedule, total_steps, **kwargs)
     if callable(schedule) and not isinstance(schedule, type):
         return schedule
     raise ConfigError(
         f"schedule={schedule!r} is not usable; expected one of {sorted(SCHEDULES)}, a function of "
-        f"progress in [0, 1] returning an LR multiplier, or a torch.optim.lr_scheduler class"
+        f"progress in [0, 1] returning an LR multiplier, or a torch.optim.lr_scheduler / timm.scheduler class"
     )

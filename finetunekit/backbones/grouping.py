@@ -2,7 +2,7 @@
 
 timm's ``group_matcher`` vocabulary (``{"stem": regex, "blocks": [(regex, None), (regex, (99999,))]}``)
 already describes stage boundaries for hundreds of models, so torchvision families and plain modules
-reuse it instead of inventing a second format. timm's ``group_with_matcher`` does the grouping; this
+reuse it instead of inventing a second format. timm's public ``group_parameters`` does the grouping; this
 module only names the groups and enforces our invariant that the last group is exactly the new head.
 """
 
@@ -22,10 +22,9 @@ Matcher = dict[str, Any] | Callable[[str], Any]
 
 def groups_from_matcher(model: nn.Module, matcher: Matcher) -> list[LayerGroup]:
     """Group ``model``'s parameters with timm's own algorithm, ordered input -> output."""
-    from timm.models._manipulate import group_with_matcher
+    from timm.models import group_parameters  # timm's public API for it
 
-    names = [n for n, _ in model.named_parameters()]
-    by_id = group_with_matcher(((n, n) for n in names), matcher)
+    by_id = group_parameters(model, matcher)
     raw = [list(by_id[i]) for i in sorted(by_id)]
     labels = [_group_label(g, matcher) for g in raw]
     return [LayerGroup(name, params) for name, params in zip(_unique(labels), raw, strict=True)]

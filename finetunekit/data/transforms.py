@@ -74,8 +74,8 @@ class ImageTransform:
         self.size = (int(data_config.input_size[1]), int(data_config.input_size[2]))
         std = channel_stats(tuple(data_config.std), in_chans)
         mean = channel_stats(tuple(data_config.mean), in_chans)
-        self._scale = 1.0 / (255.0 * std)
-        self._shift = -mean / std
+        self._gain = 1.0 / (255.0 * std)
+        self._offset = -mean / std
         self._augmenter: Any = None
 
     def with_augment(self, augment: bool) -> ImageTransform:
@@ -104,8 +104,8 @@ class ImageTransform:
         """
         floats = images.float()
         if floats.shape[-3] == self.in_chans:  # in place: one float buffer per batch, not two
-            return floats.mul_(self._scale).add_(self._shift)
-        return torch.addcmul(self._shift, floats, self._scale)
+            return floats.mul_(self._gain).add_(self._offset)
+        return torch.addcmul(self._offset, floats, self._gain)
 
     def _augment(self, image: torch.Tensor) -> torch.Tensor:
         if self._augmenter is None:  # built on first use, also inside DataLoader workers

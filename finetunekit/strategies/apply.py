@@ -1,6 +1,6 @@
 """Optimizer construction and the one place a plan is applied to the model and optimizer.
 
-DESIGN decision 2: every layer group is in the optimizer from the start (two param groups each: with and
+Every layer group is in the optimizer from the start (two param groups each: with and
 without weight decay). Freezing only flips ``requires_grad`` and clears the group's grads and optimizer
 state, so LR schedulers, checkpoints and DDP always see the same param groups.
 """

@@ -84,7 +84,7 @@ def check_compute(
     ema_decay: Any = None,
     ema_warmup: Any = False,
 ) -> ComputeConfig:
-    """Validate compile()'s compute options before anything trains (DESIGN decision 7)."""
+    """Validate compile()'s compute options before anything trains: a bad value names itself and the fix."""
     for name, flag in (("channels_last", channels_last), ("ema_warmup", ema_warmup)):
         if not isinstance(flag, bool):
             raise ConfigError(f"{name}={flag!r} is invalid; expected True or False")

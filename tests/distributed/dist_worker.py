@@ -235,6 +235,18 @@ def scenario_backup(out: Path) -> None:
     )
 
 
+def scenario_nccl(out: Path) -> None:
+    """The augmented GroupNorm fit on one GPU per rank (NCCL): ranks end bitwise equal."""
+    rank = env_rank()
+    x, y, _, _ = data()
+    torch.manual_seed(0)
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    ft = FineTuner(GNNet(), num_classes=3, image_size=16, device=device, seed=0)
+    ft.compile(lr=1e-2)
+    ft.fit(x, y, batch_size=BATCH, epochs=2, verbose=0)
+    save_file({k: v.cpu() for k, v in _state(ft).items()}, str(out / f"nccl_rank{rank}.safetensors"))
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     scenario, folder = sys.argv[1], Path(sys.argv[2])
@@ -243,5 +255,6 @@ if __name__ == "__main__":
         "fail": scenario_fail,
         "resume": scenario_resume,
         "backup": scenario_backup,
+        "nccl": scenario_nccl,
     }
     scenarios[scenario](folder)

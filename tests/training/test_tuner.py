@@ -254,3 +254,11 @@ def test_new_head_is_small_so_initial_loss_is_near_log_num_classes(images):
     assert torch.count_nonzero(ft.model.fc.bias) == 0
     assert 0 < ft.model.fc.weight.std() <= 0.011
     assert abs(ft.evaluate(x, y)["loss"] - np.log(3)) < 0.05
+
+
+def test_help_describes_the_facade_without_pointing_outside_the_repository() -> None:
+    import pydoc
+
+    text = pydoc.render_doc(FineTuner)
+    assert "DESIGN" not in text
+    assert "Event order" in text and "restore" in text  # fit's docstring: the event order as pseudocode
