@@ -18,15 +18,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from finetunekit.data.pixels import to_8bit
 from finetunekit.data.transforms import to_chw_uint8
 from finetunekit.errors import ConfigError, DataError
 
 BAD_FILE_POLICIES = ("raise", "skip")
 DRAFT_SIZE = 8  # pixels: JPEGs are decoded at their smallest DCT scale (1/8) for the up-front check
-_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
 def check_policy(on_bad_file: Any) -> str:
@@ -36,27 +35,6 @@ def check_policy(on_bad_file: Any) -> str:
             "stops before training and names the files, 'skip' leaves them out with one warning)."
         )
     return str(on_bad_file)
-
-
-def to_8bit(image: Any, what: str) -> Any:
-    """A PIL image whose pixel values fit 8 bits, scaled rather than clipped (see module docstring)."""
-    from PIL import Image
-
-    mode = image.mode
-    if mode not in (*_SIXTEEN_BIT, "I", "F"):
-        return image
-    values = np.asarray(image).astype(np.float64)
-    if mode == "F":
-        top = 1.0 if values.size and np.nanmax(values) <= 1.0 else 255.0
-        if not np.isfinite(values).all() or (values.size and (values.min() < 0 or values.max() > 255)):
-            raise DataError(
-                f"{what} is a floating-point image with values outside [0, 1] and [0, 255] (or NaN); "
-                "expected 8- or 16-bit pixels. Fix: convert it to an 8-bit image (e.g. PNG), scaled your way."
-            )
-    else:
-        top = 65535.0 if mode in _SIXTEEN_BIT or not values.size or values.max() <= 65535 else 2.0**32 - 1
-    scaled = np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
-    return Image.fromarray(scaled, mode="L")
 
 
 def load_image(path: str | os.PathLike[str], in_chans: int) -> torch.Tensor:

@@ -166,7 +166,7 @@ def _pil_to_tensor(image: Any, in_chans: int) -> torch.Tensor | None:
         return None
     if not isinstance(image, Image.Image):
         return None
-    from finetunekit.data.images import to_8bit  # [persist] 16-bit scaled, not clipped by convert()
+    from finetunekit.data.pixels import to_8bit  # 16-bit scaled, not clipped by convert()
 
     mode = "L" if in_chans == 1 else "RGB" if in_chans == 3 else "RGBA"
     array = np.asarray(to_8bit(image, "a PIL image").convert(mode))
