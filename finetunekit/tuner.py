@@ -38,6 +38,7 @@ from finetunekit.techniques.gap import gap_line
 from finetunekit.techniques.mixing import check_mix_alpha
 from finetunekit.tools import learning_curve as _lc
 from finetunekit.tools import wise
+from finetunekit.tools.calibrate import check_temperature, with_temperature
 from finetunekit.tools.summary import format_summary
 from finetunekit.training import feature_cache, loop, nonfinite, preflight
 from finetunekit.training.compile_config import CompileConfig, resolve_loss
@@ -50,6 +51,9 @@ from finetunekit.training.tta import FlipTTA
 from finetunekit.validation import check_fit_args, check_positive_int, resolve_device
 
 if TYPE_CHECKING:
+    from finetunekit.tools.calibrate import CalibrationReport
+    from finetunekit.tools.export import ExportReport
+    from finetunekit.tools.interpret import Interpretation
     from finetunekit.tools.lr_finder import LRFinderResult
 
 
@@ -140,6 +144,7 @@ class FineTuner(FitMixin):
         self._wise_end: tuple[Any, dict[str, torch.Tensor]] | None = None
         self._wise_alpha: float | None = None
         self._compile_kwargs: dict[str, Any] | None = None
+        self.temperature = 1.0  # [ship] softmax temperature fitted by calibrate(); predict divides by it
 
     # ----------------------------------------------------------------------------------- properties
     @property
@@ -378,6 +383,7 @@ class FineTuner(FitMixin):
         dist = run_for(self)  # [distributed] each rank predicts its shard; gathered in input order
         loader = dist.eval_loader(data, batch_size)
         model = FlipTTA(self.eval_model) if tta else self.eval_model
+        model = with_temperature(model, self.temperature)  # [ship] calibrate()'s temperature
         probs = loop.predict_loader(
             model, loader, self.device, CallbackList(list(callbacks or []), tuner=self)
         )
@@ -403,6 +409,7 @@ class FineTuner(FitMixin):
             "data_config": self.data_config.to_dict(),
             "class_names": self.class_names,
             "strategy": self.strategy.config(),
+            "temperature": self.temperature,  # [ship]
         }
 
     @classmethod
@@ -426,6 +433,7 @@ class FineTuner(FitMixin):
         self.device = resolve_device(device)
         self.strategy = resolve_strategy(None)
         self._init_from_backbone(built, num_classes, int(config["in_chans"]), config.get("class_names"))
+        self.temperature = check_temperature(config.get("temperature", 1.0))  # [ship]
         try:
             self.model.load_state_dict(state, strict=True)
             self._pretrained_state = backbone_state(self.model, built.head_path)  # the loaded starting point
@@ -481,6 +489,38 @@ class FineTuner(FitMixin):
         """Fine-tune fresh copies (pretrained backbone, new head) on growing stratified fractions of
         ``(x, y)``; validation accuracy per fraction. ``self`` is not modified."""
         return _lc.learning_curve(self, x, y, fractions, **kwargs)
+
+    # ------------------------------------------------ [ship] understand and ship: see docs/interpret.md ...
+    def interpret(self, x: Any, y: Any = None, batch_size: int = 64) -> Interpretation:
+        """Confusion matrix, most-confused pairs, top losses and a per-class report on labelled data."""
+        from finetunekit.tools.interpret import interpret
+
+        return interpret(self, x, y, batch_size=batch_size)
+
+    def calibrate(self, x: Any, y: Any = None, batch_size: int = 64, n_bins: int = 15) -> CalibrationReport:
+        """Fit the softmax temperature on held-out data (saved with the model, used by predict)."""
+        from finetunekit.tools.calibrate import calibrate
+
+        return calibrate(self, x, y, batch_size=batch_size, n_bins=n_bins)
+
+    def export(self, path: str | os.PathLike[str], format: str = "onnx", preprocessing: bool = True,
+               **kwargs: Any) -> ExportReport:  # fmt: skip
+        """Write an ONNX / TorchScript / ExportedProgram file and check it against the eager model."""
+        from finetunekit.tools.export import export
+
+        return export(self, path, format=format, preprocessing=preprocessing, **kwargs)
+
+    def save_for_hub(self, folder: str | os.PathLike[str], metrics: Mapping[str, float] | None = None) -> Any:
+        """A timm-compatible folder (weights, config, model card) that ``timm.create_model`` loads."""
+        from finetunekit.tools.hub import save_for_hub
+
+        return save_for_hub(self, folder, metrics=metrics)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Upload :meth:`save_for_hub`'s folder to the Hugging Face Hub; returns the repo URL."""
+        from finetunekit.tools.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
 
     def __repr__(self) -> str:
         return f"FineTuner({self.spec!r}, num_classes={self.num_classes}, strategy={self.strategy!r})"
