@@ -215,8 +215,8 @@ def export(
             if diff > atol:
                 raise ExportError(
                     f"the exported {format} file {str(path)!r} differs from the eager model by {diff:.3g} "
-                    f"(> atol={atol:g}) on a batch of 3; expected agreement. The file is kept for inspection; "
-                    "try another format, or pass a larger atol if this difference is acceptable."
+                    f"(> atol={atol:g}) on a batch of 3; expected agreement. The file is kept for "
+                    "inspection; try another format, or pass a larger atol if this difference is acceptable."
                 )
         versus = _vs_predict(ft, module, x) if preprocessing else None
     _, h, w = (int(v) for v in ft.data_config.input_size)
