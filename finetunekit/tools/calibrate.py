@@ -159,7 +159,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 100)
     return temperature
 
 
-class CalibrationReport(dict):  # type: ignore[type-arg]
+class CalibrationReport(dict[str, Any]):
     """``{"temperature", "ece_before", "ece_after", "nll_before", "nll_after", "accuracy", "n"}``, plus
     the reliability bins before and after for :meth:`plot`."""
 

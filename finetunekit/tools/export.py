@@ -83,7 +83,8 @@ class Preprocess(nn.Module):
             x = self._resize(x, self.size)
         else:
             x = self._resize(x, self.size)
-        return x * self.scale + self.shift
+        scale, shift = self.get_buffer("scale"), self.get_buffer("shift")
+        return x * scale + shift
 
     def _resize(self, x: torch.Tensor, size: tuple[Any, Any]) -> torch.Tensor:
         x = nn.functional.interpolate(x, size=size, mode=self.mode, align_corners=False, antialias=True)
