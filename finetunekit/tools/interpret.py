@@ -119,12 +119,20 @@ class Interpretation:
         f1 = _ratio(2 * tp, pred_total + support)  # 2tp / (2tp + fp + fn), as scikit-learn
         return precision, recall, f1, support
 
-    def report_dict(self) -> dict[str, Any]:
+    def _report_classes(self, present_only: bool) -> list[int]:
+        if not present_only:
+            return list(range(self.num_classes))
+        return sorted(set(self.labels.tolist()) | set(self.preds.tolist()))  # scikit-learn's labels=None
+
+    def report_dict(self, present_only: bool = False) -> dict[str, Any]:
         """scikit-learn's ``output_dict=True`` structure: per class, accuracy, macro and weighted avg."""
-        p, r, f1, s = self._per_class()
+        keep = self._report_classes(present_only)
+        p, r, f1, s = (v[keep] for v in self._per_class())
         out: dict[str, Any] = {
-            name: dict(zip(HEADERS, (float(p[i]), float(r[i]), float(f1[i]), float(s[i])), strict=True))
-            for i, name in enumerate(self.class_names)
+            self.class_names[c]: dict(
+                zip(HEADERS, (float(p[i]), float(r[i]), float(f1[i]), float(s[i])), strict=True)
+            )
+            for i, c in enumerate(keep)
         }
         total = float(s.sum())
         out["accuracy"] = float(np.trace(self.confusion_matrix()) / total) if total else 0.0
@@ -134,15 +142,21 @@ class Interpretation:
             out[heading] = dict(zip(HEADERS, (*values, total), strict=True))
         return out
 
-    def classification_report(self, digits: int = 2, output_dict: bool = False) -> str | dict[str, Any]:
-        """Per-class precision / recall / F1 / support, laid out as scikit-learn's text report."""
-        d = self.report_dict()
+    def classification_report(
+        self, digits: int = 2, output_dict: bool = False, present_only: bool = False
+    ) -> str | dict[str, Any]:
+        """Per-class precision / recall / F1 / support, laid out as scikit-learn's text report.
+
+        Every class is listed (scikit-learn's ``labels=range(C)``); ``present_only=True`` lists only
+        the classes in the labels or predictions, as scikit-learn does without ``labels=``."""
+        d = self.report_dict(present_only)
         if output_dict:
             return d
-        width = max(*(len(n) for n in self.class_names), len("weighted avg"), digits)
+        names = [self.class_names[c] for c in self._report_classes(present_only)]
+        width = max(*(len(n) for n in names), len("weighted avg"), digits)
         text = ("{:>{width}s} " + " {:>9}" * 4).format("", *HEADERS, width=width) + "\n\n"
         row = "{:>{width}s} " + " {:>9.{digits}f}" * 3 + " {:>9}\n"
-        for name in self.class_names:
+        for name in names:
             v = d[name]
             text += row.format(name, v["precision"], v["recall"], v["f1-score"], int(v["support"]),
                                width=width, digits=digits)  # fmt: skip

@@ -53,6 +53,16 @@ def test_report_matches_sklearn_text_and_dict(seed: int) -> None:
             assert got[key] == pytest.approx(row), key
 
 
+def test_present_only_matches_sklearns_default_labels() -> None:
+    interp = _random_interp(1)  # class 4 is neither a label nor a prediction
+    names = interp.class_names[:4]
+    expected = sklearn_metrics.classification_report(
+        interp.labels, interp.preds, target_names=names, digits=3
+    )
+    assert interp.classification_report(digits=3, present_only=True) == expected
+    assert "class_4" in interp.classification_report() and "class_4" not in expected
+
+
 def test_confusion_matrix_and_most_confused_match_sklearn() -> None:
     interp = _random_interp(0)
     cm = sklearn_metrics.confusion_matrix(interp.labels, interp.preds, labels=list(range(5)))
