@@ -36,6 +36,9 @@ def sharp(spec: str) -> FineTuner:
     with torch.no_grad():
         for name in ft.groups[-1].param_names:
             params[name].normal_(0, 2.0)
+        size = ft.data_config.input_size
+        logits = ft.model.eval()(torch.randn(8, *size))
+    ft.temperature = float(logits.std())  # logits / T ~ unit scale: probabilities far from 0, 1 and uniform
     return ft
 
 

@@ -26,6 +26,9 @@ def _sharp(spec: str, size: int = 48) -> FineTuner:
     with torch.no_grad():
         for name in ft.groups[-1].param_names:
             params[name].normal_(0, 2.0)
+        size = ft.data_config.input_size
+        logits = ft.model.eval()(torch.randn(8, *size))
+    ft.temperature = float(logits.std())  # logits / T ~ unit scale: probabilities far from 0, 1 and uniform
     return ft
 
 
@@ -46,7 +49,7 @@ def _smooth_images(n: int, h: int, w: int, seed: int = 3) -> np.ndarray:
 )
 def test_onnx_with_preprocessing_matches_predict_at_any_batch_and_size(spec: str, tmp_path: Path) -> None:
     ft = _sharp(spec)
-    ft.temperature = 1.7
+    ft.temperature *= 1.7  # the temperature is in the graph too
     report = ft.export(tmp_path / "m.onnx", format="onnx")
     assert report.checked_with == "onnxruntime" and report.max_abs_diff is not None
     assert report.max_abs_diff < 1e-4
@@ -75,7 +78,7 @@ def test_every_format_without_preprocessing_takes_normalized_batches(
     assert report.input_shape == ("batch", 3, 32, 32) and report.input_dtype == "float32"
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
-        expected = torch.softmax(ft.model.eval()(x), 1).numpy()
+        expected = torch.softmax(ft.model.eval()(x) / ft.temperature, 1).numpy()
     if fmt == "torchscript":
         out = torch.jit.load(report.path)(x).detach().numpy()
     elif fmt == "exported_program":
