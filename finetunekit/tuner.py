@@ -36,6 +36,7 @@ from finetunekit.strategies.apply import (
 )
 from finetunekit.tools import learning_curve as _lc
 from finetunekit.tools import wise
+from finetunekit.tools.calibrate import check_temperature, with_temperature
 from finetunekit.training import compile_config, feature_cache, fit_options, inference, preflight, setup
 from finetunekit.training.compile_config import CompileConfig
 from finetunekit.training.compute import Compute, ComputeConfig
@@ -45,6 +46,9 @@ from finetunekit.training.trainer import FitOutcome, ModelView, Trainer
 from finetunekit.validation import check_fit_args, check_positive_int, resolve_device
 
 if TYPE_CHECKING:
+    from finetunekit.tools.calibrate import CalibrationReport
+    from finetunekit.tools.export import ExportReport
+    from finetunekit.tools.interpret import Interpretation
     from finetunekit.tools.lr_finder import LRFinderResult
 
 
@@ -142,6 +146,7 @@ class FineTuner:
         self._head_at_init: dict[str, torch.Tensor] | None = preflight.head_snapshot(
             self.model, built.groups[-1].param_names
         )  # [persist]
+        self.temperature = 1.0  # softmax temperature fitted by calibrate(); predict divides by it
 
     @property
     def groups(self) -> list[assembly.GroupInfo]:
@@ -343,7 +348,8 @@ class FineTuner:
         check_positive_int("batch_size", batch_size)
         data = self._prepare(x, None, augment=False, what="x", require_labels=False)
         self._head_at_init = preflight.warn_if_untrained(self.model, self._head_at_init, "predict()")
-        return inference.predict(self.eval_model, data, run_for(self), batch_size, owner=self,
+        model = with_temperature(self.eval_model, self.temperature)  # calibrate()'s temperature
+        return inference.predict(model, data, run_for(self), batch_size, owner=self,
                                  compute=self._compute_path(), num_classes=self.num_classes,
                                  callbacks=callbacks or [], tta=tta,
                                  verbose=resolve_verbose("predict", verbose))  # fmt: skip
@@ -359,9 +365,10 @@ class FineTuner:
 
     def _model_config(self) -> dict[str, Any]:
         """What ``save`` writes next to the weights, and what a resume compares."""
-        return assembly.model_config(
+        config = assembly.model_config(
             self._backbone, self.num_classes, self.in_chans, self.class_names, self.strategy
         )
+        return {**config, "temperature": self.temperature}
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, device: str | torch.device = "auto",
@@ -378,6 +385,7 @@ class FineTuner:
         assembly.load_weights(self.model, state, path, config)
         self._pretrained_state = backbone_state(self.model, built.head_path)  # the loaded starting point
         self._head_at_init = None  # [persist] a loaded model counts as trained
+        self.temperature = check_temperature(config.get("temperature", 1.0))
         return self
 
     def find_lr(self, x: Any = None, y: Any = None, *, start_lr: float = 1e-7, end_lr: float = 10.0,
@@ -427,6 +435,38 @@ class FineTuner:
         """Fine-tune fresh copies (pretrained backbone, new head) on growing stratified fractions of
         ``(x, y)``; validation accuracy per fraction. ``self`` is not modified."""
         return _lc.learning_curve(self, x, y, fractions, **kwargs)
+
+    # ------------------------------------------------ [ship] understand and ship: see docs/interpret.md ...
+    def interpret(self, x: Any, y: Any = None, batch_size: int = 64) -> Interpretation:
+        """Confusion matrix, most-confused pairs, top losses and a per-class report on labelled data."""
+        from finetunekit.tools.interpret import interpret
+
+        return interpret(self, x, y, batch_size=batch_size)
+
+    def calibrate(self, x: Any, y: Any = None, batch_size: int = 64, n_bins: int = 15) -> CalibrationReport:
+        """Fit the softmax temperature on held-out data (saved with the model, used by predict)."""
+        from finetunekit.tools.calibrate import calibrate
+
+        return calibrate(self, x, y, batch_size=batch_size, n_bins=n_bins)
+
+    def export(self, path: str | os.PathLike[str], format: str = "onnx", preprocessing: bool = True,
+               **kwargs: Any) -> ExportReport:  # fmt: skip
+        """Write an ONNX / TorchScript / ExportedProgram file and check it against the eager model."""
+        from finetunekit.tools.export import export
+
+        return export(self, path, format=format, preprocessing=preprocessing, **kwargs)
+
+    def save_for_hub(self, folder: str | os.PathLike[str], metrics: Mapping[str, float] | None = None) -> Any:
+        """A timm-compatible folder (weights, config, model card) that ``timm.create_model`` loads."""
+        from finetunekit.tools.hub import save_for_hub
+
+        return save_for_hub(self, folder, metrics=metrics)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Upload :meth:`save_for_hub`'s folder to the Hugging Face Hub; returns the repo URL."""
+        from finetunekit.tools.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
 
     def __repr__(self) -> str:
         return f"FineTuner({self.spec!r}, num_classes={self.num_classes}, strategy={self.strategy!r})"

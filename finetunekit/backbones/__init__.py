@@ -1,7 +1,8 @@
 """Turn a name or a module into a :class:`Backbone`: fresh head, ordered layer groups, data config.
 
 ``"timm/<name>"`` and ``"torchvision/<name>"`` pick a registry; a bare name tries timm first (its
-models carry richer metadata), then torchvision; an ``nn.Module`` is used as given. timm and
+models carry richer metadata), then torchvision; ``"hf-hub:org/repo"`` and ``"local-dir:path"`` are
+timm's Hub and folder sources (see hub_source.py); an ``nn.Module`` is used as given. timm and
 torchvision are imported inside the functions so ``import finetunekit`` stays fast.
 """
 
@@ -18,6 +19,7 @@ from torch import nn
 
 from ..errors import BackboneNotFoundError, ConfigError
 from .base import Backbone, DataConfig, LayerGroup, check_groups
+from .hub_source import hub_name
 from .user_groups import GroupEntry, groups_from_spec
 
 __all__ = [
@@ -158,13 +160,18 @@ def _build(
             f"head={head!r} with backbone {spec!r}: head= only applies to nn.Module backbones; registry "
             "models know their classifier. Fix: drop head=."
         )
-    registry, name = resolve_spec(spec)
     kwargs: dict[str, Any] = {
         "pretrained": pretrained,
         "weights": weights,
         "in_chans": in_chans,
         "image_size": image_size,
     }
+    if hub_name(spec) is not None:  # [ship] "hf-hub:org/repo" / "local-dir:path": timm's other sources
+        from .hub_source import build_hub
+        from .timm_adapter import build_timm
+
+        return init_head(build_hub(str(hub_name(spec)), build_timm, num_classes, **kwargs))
+    registry, name = resolve_spec(spec)
     if registry == "timm":
         from .timm_adapter import build_timm
 

@@ -12,9 +12,11 @@ from finetunekit.callbacks.early_stopping import EarlyStopping
 from finetunekit.callbacks.history import History
 from finetunekit.callbacks.lambda_callback import LambdaCallback
 from finetunekit.callbacks.lr_callbacks import LearningRateScheduler, ReduceLROnPlateau
+from finetunekit.callbacks.mlflow_logger import MLflowLogger
 from finetunekit.callbacks.model_checkpoint import ModelCheckpoint
 from finetunekit.callbacks.progbar import ProgbarLogger
 from finetunekit.callbacks.retention import RetentionMonitor
+from finetunekit.callbacks.tensorboard import TensorBoard
 from finetunekit.callbacks.terminate_on_nan import TerminateOnNaN
 
 __all__ = [
@@ -26,9 +28,11 @@ __all__ = [
     "History",
     "LambdaCallback",
     "LearningRateScheduler",
+    "MLflowLogger",
     "ModelCheckpoint",
     "ProgbarLogger",
     "ReduceLROnPlateau",
     "RetentionMonitor",
+    "TensorBoard",
     "TerminateOnNaN",
 ]
