@@ -21,9 +21,13 @@ from finetunekit.backbones import build_backbone, rebuild_backbone
 from finetunekit.backbones.base import Backbone, DataConfig
 from finetunekit.backbones.snapshot import backbone_state
 from finetunekit.callbacks import Callback, CallbackList, History
+from finetunekit.data.files import with_paths
+from finetunekit.data.targets import data_targets
+from finetunekit.data.weights import Imbalance
 from finetunekit.distributed.failure import guard
 from finetunekit.errors import CheckpointError, ConfigError, NotCompiledError
 from finetunekit.metrics import check_metrics
+from finetunekit.metrics.thresholds import check_threshold, tune_thresholds
 from finetunekit.saving import model_folder as saving
 from finetunekit.schedules import get_schedule
 from finetunekit.strategies import Plan, Strategy, check_plan, resolve_strategy
@@ -33,6 +37,14 @@ from finetunekit.strategies.apply import (
     group_params,
     make_optimizer,
     norm_modules_by_group,
+)
+from finetunekit.tasks import (
+    MULTI_LABEL,
+    check_tta,
+    default_metrics,
+    output_activation,
+    resolve_task,
+    task_for_loss,
 )
 from finetunekit.techniques.gap import gap_line
 from finetunekit.techniques.mixing import check_mix_alpha
@@ -91,12 +103,15 @@ class FineTuner(FitMixin):
         groups: Sequence[str | Sequence[str]] | None = None,
         distributed: bool | None = None,
         sync_bn: bool = False,
+        multi_label: bool = False,
+        task: str | None = None,
     ):
         """``distributed``: None runs DDP when launched by torchrun (or a process group exists), True
         insists, False never (each process trains alone). ``sync_bn`` turns BatchNorm into SyncBatchNorm
         under DDP (CUDA only). See docs/distributed.md."""
         check_positive_int("num_classes", num_classes)
         check_positive_int("in_chans", in_chans)
+        self.task, self._task_given = resolve_task(task, multi_label), task is not None or multi_label
         self.seed = seed
         self.distributed, self.sync_bn = distributed, bool(sync_bn)  # [distributed]
         if seed is not None:
@@ -123,6 +138,8 @@ class FineTuner(FitMixin):
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.class_names = list(class_names) if class_names is not None else None
+        self._threshold: float | list[float] = 0.5  # multi-label decision threshold (tune_thresholds)
+        self._loss_weighting: Any = None  # fit(class_weight=/sample_weight=), finetunekit.data.weights
         self.strategy.validate(len(built.groups))
         self.stop_training = False
         self.history: History | None = None
@@ -183,8 +200,8 @@ class FineTuner(FitMixin):
         optimizer: str | Callable[..., torch.optim.Optimizer] = "adamw",
         lr: float = 2e-3,
         weight_decay: float = 0.01,
-        loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "cross_entropy",
-        metrics: Sequence[str] = ("accuracy",),
+        loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "auto",
+        metrics: Sequence[Any] | None = None,
         schedule: Any = "one_cycle",
         label_smoothing: float = 0.0,
         schedule_kwargs: Mapping[str, Any] | None = None,
@@ -225,6 +242,8 @@ class FineTuner(FitMixin):
             raise ConfigError(f"lr={lr!r} is invalid; expected a float > 0, e.g. 1e-3")
         if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or weight_decay < 0:
             raise ConfigError(f"weight_decay={weight_decay!r} is invalid; expected a float >= 0, e.g. 0.01")
+        self.task = task_for_loss(self.task, self._task_given, loss)
+        metrics = default_metrics(self.task) if metrics is None else metrics
         if isinstance(metrics, str):
             metrics = [metrics]
         check_mix_alpha("mixup", mixup)
@@ -239,8 +258,8 @@ class FineTuner(FitMixin):
             optimizer=optimizer,
             lr=float(lr),
             weight_decay=float(weight_decay),
-            loss_fn=resolve_loss(loss, label_smoothing),
-            metrics=check_metrics(metrics),
+            loss_fn=resolve_loss(loss, label_smoothing, self.task),
+            metrics=check_metrics(metrics, self.task, self.num_classes),
             schedule=schedule,
             schedule_kwargs=dict(schedule_kwargs or {}),
             compute=compute,
@@ -271,6 +290,9 @@ class FineTuner(FitMixin):
         deterministic: bool = False,
         num_workers: int | None = None,
         cache_features: bool = True,
+        class_weight: Any = None,
+        sample_weight: Any = None,
+        sampling_weights: Any = None,
     ) -> History:
         """Train for ``epochs`` epochs (Keras semantics) and return the History.
 
@@ -294,7 +316,10 @@ class FineTuner(FitMixin):
         assert self._compiled is not None and self.optimizer is not None
         if self.seed is not None:
             seed_everything(self.seed)
-        train, val = self._fit_data(x, y, validation_split, validation_data, augment)
+        imbalance = Imbalance(class_weight, sample_weight, sampling_weights, self.num_classes, self.task)
+        train, val = self._fit_data(x, y, validation_split, validation_data, augment, imbalance)
+        self._compiled.metrics.threshold = self._threshold
+        self._loss_weighting = imbalance.loss_weighting(train, self._compiled.loss_fn)
         dist = run_for(self)  # [distributed] DDP / sharding when launched by torchrun; else pass-through
         loader = dist.train_loader(train, batch_size, shuffle, self.seed, num_workers=num_workers)
         val_loader = dist.eval_loader(val, batch_size, num_workers=num_workers) if val else None
@@ -310,7 +335,11 @@ class FineTuner(FitMixin):
         restarts = self.strategy.schedule_restarts(len(self._backbone.groups))
         self._stepper = Stepper(self._compiled.compute, self.model, self.device, self._ema)
         mixing = bool(self._compiled.mixup or self._compiled.cutmix)
-        disabled = feature_cache.disabled_reason(cache_features, dist.active, mixing)
+        disabled = feature_cache.disabled_reason(cache_features, dist.active, mixing) or (
+            "fit(sample_weight=...) is given (cached batches carry no weights)"
+            if sample_weight is not None
+            else None
+        )
         self._new_feature_cache(loader, train, val, disabled)
         self._run = FitRun(None, cbs, loader, epochs, steps, restarts, dist)
         self._use_schedule_phase(initial_epoch)
@@ -358,6 +387,8 @@ class FineTuner(FitMixin):
         if self._compiled is None:
             self.compile()
         assert self._compiled is not None
+        check_tta(tta, self.task)
+        self._compiled.metrics.threshold = self._threshold
         data = self._prepare(x, y, augment=False, what="x")
         dist = run_for(self)  # [distributed] each rank evaluates its shard; sums are all-reduced
         loader = dist.eval_loader(data, batch_size)
@@ -370,18 +401,45 @@ class FineTuner(FitMixin):
 
     @guard  # [distributed]
     def predict(self, x: Any, batch_size: int = 32, verbose: int = 0,
-                callbacks: Sequence[Callback] | None = None, tta: bool = False) -> np.ndarray:  # fmt: skip
-        """Class probabilities, shape (N, num_classes), in input order; ``tta=True`` averages them over
-        the image and its horizontal mirror."""
+                callbacks: Sequence[Callback] | None = None, tta: bool = False,
+                return_paths: bool = False) -> Any:  # fmt: skip
+        """Class probabilities (N, num_classes) in input order: softmax, per-class sigmoid for
+        multi_label, raw outputs for regression (finetunekit.tasks). ``tta=True`` averages them over the
+        image and its mirror. ``x`` may also be an image file, a flat folder, a list of paths, a PIL image
+        or a list of arrays of any sizes; ``return_paths=True`` returns ``(rows, file names)``."""
         check_positive_int("batch_size", batch_size)
+        check_tta(tta, self.task)
         data = self._prepare(x, None, augment=False, what="x", require_labels=False)
         dist = run_for(self)  # [distributed] each rank predicts its shard; gathered in input order
         loader = dist.eval_loader(data, batch_size)
         model = FlipTTA(self.eval_model) if tta else self.eval_model
         probs = loop.predict_loader(
-            model, loader, self.device, CallbackList(list(callbacks or []), tuner=self)
-        )
-        return dist.gather_rows(probs.reshape(-1, self.num_classes), data)
+            model, loader, self.device, CallbackList(list(callbacks or []), tuner=self),
+            activation=lambda out: output_activation(self.task, out),
+        )  # fmt: skip
+        rows = dist.gather_rows(probs.reshape(-1, self.num_classes), data)
+        return with_paths(rows, data, return_paths)
+
+    @property
+    def threshold(self) -> float | list[float]:
+        """The multi-label decision threshold: one float or one per class (saved with the model)."""
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: float | Sequence[float]) -> None:
+        self._threshold = check_threshold(value, self.num_classes)
+
+    def tune_thresholds(self, x: Any, y: Any = None, per_class: bool = True, batch_size: int = 32) -> Any:
+        """Set :attr:`threshold` to the per-class (or one global) threshold maximizing F1 on validation
+        data ``(x, y)``; returns it. Metrics and ``save`` use it from then on."""
+        if self.task != MULTI_LABEL:
+            raise ConfigError(
+                f"tune_thresholds is for multi_label=True models; this one has task={self.task!r}"
+            )
+        targets = data_targets(self._prepare(x, y, augment=False, what="x"))
+        probs = self.predict(x if y is None else (x, y), batch_size=batch_size)
+        self.threshold = tune_thresholds(probs, targets, per_class)  # type: ignore[assignment]
+        return self._threshold
 
     # ------------------------------------------------------------------------------------ save/load
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -403,6 +461,8 @@ class FineTuner(FitMixin):
             "data_config": self.data_config.to_dict(),
             "class_names": self.class_names,
             "strategy": self.strategy.config(),
+            "task": self.task,
+            "threshold": self._threshold,
         }
 
     @classmethod
@@ -426,6 +486,8 @@ class FineTuner(FitMixin):
         self.device = resolve_device(device)
         self.strategy = resolve_strategy(None)
         self._init_from_backbone(built, num_classes, int(config["in_chans"]), config.get("class_names"))
+        self.task, self._task_given = resolve_task(config.get("task"), False), True
+        self.threshold = config.get("threshold", 0.5)
         try:
             self.model.load_state_dict(state, strict=True)
             self._pretrained_state = backbone_state(self.model, built.head_path)  # the loaded starting point

@@ -7,10 +7,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, Sampler, Subset
 
 from finetunekit.data.datasets import ArrayImageDataset, FolderDataset, TransformedDataset
 from finetunekit.data.prepare import PreparedData
+from finetunekit.data.weights import WeightedEpochSampler, WeightedSamples
 from finetunekit.errors import ConfigError, DataError
 
 _WORKERS_MIN_FILES = 512  # below this, starting worker processes costs more than decoding in-process
@@ -52,7 +53,7 @@ def _stratified_take(counts: np.ndarray, n_val: int, rng: np.random.Generator) -
 def _split_indices(labels: np.ndarray | None, n: int, n_val: int, seed: int | None) -> np.ndarray:
     """Validation indices: stratified by label when labels are known, else a seeded random draw."""
     rng = np.random.default_rng(seed)
-    if labels is not None:
+    if labels is not None and labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer):
         _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
         take = _stratified_take(counts, n_val, rng)
         if take.sum() > 0:  # all-singleton classes cannot be stratified
@@ -75,8 +76,15 @@ def _take(dataset: Dataset[Any], indices: np.ndarray, evaluate: bool) -> Dataset
 
 def _part(data: PreparedData, indices: np.ndarray, evaluate: bool) -> PreparedData:
     assert data.dataset is not None
-    labels = None if data.labels is None else data.labels[indices]
-    return PreparedData(_take(data.dataset, indices, evaluate), None, labels, data.class_names, len(indices))
+
+    def pick(values: Any) -> Any:
+        return None if values is None else np.asarray(values)[indices]
+
+    files = None if data.files is None else [data.files[i] for i in indices]
+    return PreparedData(
+        _take(data.dataset, indices, evaluate), None, pick(data.labels), data.class_names, len(indices),
+        files=files, sample_weights=pick(data.sample_weights), sampling_weights=pick(data.sampling_weights),
+    )  # fmt: skip
 
 
 def split_validation(
@@ -142,14 +150,23 @@ def make_loader(
     generator = torch.Generator()
     generator.manual_seed(_loader_seed(seed, shuffle))
     workers = _default_workers(data.dataset, data.num_samples) if num_workers is None else num_workers
-    sampler: DistributedSampler[Any] | None = None
-    if shuffle or num_replicas > 1:  # [distributed] one permutation for 1 or N processes
+    dataset = (
+        data.dataset if data.sample_weights is None else WeightedSamples(data.dataset, data.sample_weights)
+    )
+    sampler: Sampler[Any] | None = None
+    if isinstance(dataset, IterableDataset):
+        sampler = None  # a stream is read in its own order; it cannot be shuffled or sharded by index
+    elif data.sampling_weights is not None and shuffle:
+        sampler = WeightedEpochSampler(
+            data.sampling_weights, seed=int(generator.initial_seed()), num_replicas=num_replicas, rank=rank,
+        )  # fmt: skip
+    elif shuffle or num_replicas > 1:  # [distributed] one permutation for 1 or N processes
         sampler = DistributedSampler(
-            data.dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
+            dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
             seed=int(generator.initial_seed()), drop_last=drop_last,
         )  # fmt: skip
     return DataLoader(
-        data.dataset,
+        dataset,
         batch_size=batch_size,
         sampler=sampler,
         drop_last=drop_last,

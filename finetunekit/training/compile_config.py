@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
 
 from finetunekit.errors import ConfigError
+from finetunekit.tasks import CLASSIFICATION, builtin_loss
 from finetunekit.training.step import ComputeConfig
 
 
@@ -19,7 +19,7 @@ class CompileConfig:
     lr: float
     weight_decay: float
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    metrics: list[str]
+    metrics: Any  # finetunekit.metrics.MetricSet
     schedule: Any
     schedule_kwargs: dict[str, Any]
     compute: ComputeConfig = field(default_factory=ComputeConfig)
@@ -29,7 +29,11 @@ class CompileConfig:
     cutmix: float = 0.0
 
 
-def resolve_loss(loss: Any, label_smoothing: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def resolve_loss(
+    loss: Any, label_smoothing: float, task: str = CLASSIFICATION
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A loss name for ``task`` (see :mod:`finetunekit.tasks`; ``"auto"`` is the task's default) or
+    the user's callable ``(outputs, targets) -> scalar``."""
     if (
         isinstance(label_smoothing, bool)
         or not isinstance(label_smoothing, (int, float))
@@ -38,10 +42,11 @@ def resolve_loss(loss: Any, label_smoothing: float) -> Callable[[torch.Tensor, t
         raise ConfigError(
             f"label_smoothing={label_smoothing!r} is invalid; expected a float in [0, 1), e.g. 0.1"
         )
-    if loss in ("cross_entropy", "categorical_crossentropy", "sparse_categorical_crossentropy"):
-        return nn.CrossEntropyLoss(label_smoothing=float(label_smoothing))
-    if callable(loss) and not isinstance(loss, str):
+    if isinstance(loss, str):
+        return builtin_loss(loss, task, label_smoothing)
+    if callable(loss):
         return loss
     raise ConfigError(
-        f"loss={loss!r} is unknown; expected 'cross_entropy' or a callable (logits, labels) -> scalar tensor"
+        f"loss={loss!r} is unknown; expected a name such as 'auto', 'cross_entropy', 'bce' or 'mse', or a "
+        "callable (outputs, targets) -> scalar tensor"
     )

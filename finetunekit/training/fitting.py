@@ -131,9 +131,16 @@ class FitMixin:
         return logs
 
     def _fit_data(
-        self, x: Any, y: Any, validation_split: float, validation_data: Any, augment: bool
+        self,
+        x: Any,
+        y: Any,
+        validation_split: float,
+        validation_data: Any,
+        augment: Any,
+        imbalance: Any = None,
     ) -> tuple[PreparedData, PreparedData | None]:
         train = self._prepare(x, y, augment=augment, what="x")
+        train = imbalance.attach(train) if imbalance is not None else train  # sample/sampling weights
         if self.class_names is None and train.class_names is not None:
             self.class_names = list(train.class_names)
         if validation_data is not None:
@@ -144,7 +151,7 @@ class FitMixin:
         return train, None
 
     def _prepare(
-        self, x: Any, y: Any, *, augment: bool, what: str, require_labels: bool = True
+        self, x: Any, y: Any, *, augment: Any, what: str, require_labels: bool = True
     ) -> PreparedData:
         if x is None:
             raise ConfigError(
@@ -153,6 +160,7 @@ class FitMixin:
         return prepare_data(
             x, y, data_config=self.data_config, in_chans=self.in_chans, augment=augment,
             require_labels=require_labels, num_classes=self.num_classes, what=what,
+            task=getattr(self, "task", "classification"),
         )  # fmt: skip
 
     def _train_context(self, steps: int, epochs: int, first_epoch: int = 0) -> loop.TrainContext:
@@ -167,6 +175,7 @@ class FitMixin:
             nonfinite=cfg.on_nonfinite, stepper=self._stepper,
             regularizer=cfg.regularizer.bind(self) if hasattr(cfg.regularizer, "bind") else cfg.regularizer,
             batch_transform=self._batch_mixer(),
+            loss_weighting=getattr(self, "_loss_weighting", None),
         )  # fmt: skip
 
     def _new_feature_cache(

@@ -33,7 +33,7 @@ class TrainContext:
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     schedule: Callable[[float], float]
     base_lr: float
-    metrics: list[str]
+    metrics: Any  # finetunekit.metrics.MetricSet
     device: torch.device
     steps_per_epoch: int
     total_steps: int
@@ -55,6 +55,7 @@ class TrainContext:
     step_applied: bool = True  # False after a step skipped for a non-finite loss
     regularizer: Callable[[], torch.Tensor] | None = None  # e.g. L2SP: added to the loss for backward
     batch_transform: BatchTransform | None = None  # e.g. mixup: (x, y) -> (x, soft targets) before forward
+    loss_weighting: Any = None  # fit(class_weight= / sample_weight=): finetunekit.data.weights.LossWeighting
 
 
 def to_device(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,6 +66,13 @@ def to_device(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Ten
         x, y = batch, torch.full((len(batch),), -1)
     nb = device.type == "cuda"
     return x.to(device, non_blocking=nb), y.to(device, non_blocking=nb)
+
+
+def batch_sample_weights(batch: Any, device: torch.device) -> torch.Tensor | None:
+    """The third element of (images, targets, weights) batches (fit(sample_weight=...)), on ``device``."""
+    if isinstance(batch, (list, tuple)) and len(batch) > 2 and isinstance(batch[2], torch.Tensor):
+        return batch[2].to(device, non_blocking=device.type == "cuda")
+    return None
 
 
 def train_epoch(
@@ -97,7 +105,7 @@ def train_epoch(
         write_lrs(ctx.optimizer, ctx.base_lr, multiplier, plan)
         x, y = to_device(batch, ctx.device)
         xin, target = ctx.batch_transform(x, y) if ctx.batch_transform is not None else (x, y)
-        loss, logits = train_step(ctx, xin, target)
+        loss, logits = train_step(ctx, xin, target, batch_sample_weights(batch, ctx.device))
         if ctx.step_applied:
             tracker.update(loss, logits, y)
         if step % LOG_EVERY == 0 or time.monotonic() - synced_at >= LOG_INTERVAL:
@@ -119,7 +127,9 @@ def train_epoch(
     return logs
 
 
-def train_step(ctx: TrainContext, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(
+    ctx: TrainContext, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One micro-batch: forward under the stepper's autocast, backward of the loss plus the regularizer
     (e.g. L2-SP), and an optimizer step when the accumulation window is complete. A non-finite loss is
     caught before ``optimizer.step()`` (finetunekit.training.nonfinite), so the weights stay those of the last
@@ -130,7 +140,10 @@ def train_step(ctx: TrainContext, x: torch.Tensor, y: torch.Tensor) -> tuple[tor
     buffers = nonfinite.snapshot_buffers(ctx)
     with stepper.autocast():
         logits = stepper.forward(ctx.model, stepper.prepare(x))
-        loss = ctx.loss_fn(logits, y)
+        if ctx.loss_weighting is not None:  # per-sample weights (finetunekit.data.weights)
+            loss = ctx.loss_weighting(logits, y, weights)
+        else:
+            loss = ctx.loss_fn(logits, y)
     total = loss + ctx.regularizer() if ctx.regularizer is not None else loss
     stepped = stepper.backward_and_step(
         total,
@@ -154,7 +167,7 @@ def evaluate_loader(
     model: nn.Module,
     loader: Iterable[Any],
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    metrics: list[str],
+    metrics: Any,
     device: torch.device,
     callbacks: CallbackList,
     sync_metrics: bool = False,
@@ -181,9 +194,13 @@ def evaluate_loader(
 
 @torch.no_grad()
 def predict_loader(
-    model: nn.Module, loader: Iterable[Any], device: torch.device, callbacks: CallbackList
+    model: nn.Module,
+    loader: Iterable[Any],
+    device: torch.device,
+    callbacks: CallbackList,
+    activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> np.ndarray:
-    """Softmax probabilities for every sample, in loader order."""
+    """``activation(outputs)`` (softmax by default; see finetunekit.tasks) for every sample, in order."""
     was_training = model.training
     model.eval()
     callbacks.on_predict_begin()
@@ -191,7 +208,8 @@ def predict_loader(
     for step, batch in enumerate(loader):
         callbacks.on_predict_batch_begin(step)
         x, _ = to_device(batch, device)
-        chunks.append(torch.softmax(model(x).float(), dim=1).cpu())
+        outputs = model(x).float()
+        chunks.append((activation(outputs) if activation else torch.softmax(outputs, dim=1)).cpu())
         callbacks.on_predict_batch_end(step)
     callbacks.on_predict_end()
     model.train(was_training)
