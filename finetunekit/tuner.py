@@ -286,7 +286,7 @@ class FineTuner(FitMixin):
         validation_data: Any = None,
         shuffle: bool = True,
         initial_epoch: int = 0,
-        augment: bool = True,
+        augment: Any = True,
         deterministic: bool = False,
         num_workers: int | None = None,
         cache_features: bool = True,
