@@ -152,6 +152,18 @@ class MetricTracker:
             self._scores = [torch.from_numpy(gather_rows(scores))]
             self._targets = [torch.from_numpy(gather_rows(targets))]
 
+    def stored_state(self) -> dict[str, torch.Tensor]:
+        """The stored scores and targets (AUROC / mAP), for a mid-epoch checkpoint; empty when none."""
+        if not self._scores:
+            return {}
+        return {"tracker.scores": torch.cat(self._scores), "tracker.targets": torch.cat(self._targets)}
+
+    def load_stored_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Put back what :meth:`stored_state` saved (a no-op when it saved nothing)."""
+        if "tracker.scores" in tensors:
+            self._scores = [tensors["tracker.scores"].to(self.device)]
+            self._targets = [tensors["tracker.targets"].to(self.device)]
+
     def _stored(self) -> tuple[np.ndarray, np.ndarray]:
         return torch.cat(self._scores).double().cpu().numpy(), torch.cat(self._targets).cpu().numpy()
 

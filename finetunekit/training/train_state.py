@@ -106,6 +106,7 @@ def capture(tuner: Any, epoch: int, step: int) -> dict[str, bytes]:
         tensors.update(ctx.epoch_start)
         tensors["tracker.loss"], tensors["tracker.correct"] = ctx.tracker._loss, ctx.tracker._correct
         meta["tracker_n"] = ctx.tracker._n
+        tensors.update(ctx.tracker.stored_state())  # AUROC / mAP scores (finetunekit.metrics)
     try:
         meta_bytes = json.dumps(meta, sort_keys=True).encode()
     except TypeError as e:
@@ -169,6 +170,7 @@ def _position(tuner: Any, meta: dict[str, Any], tensors: dict[str, torch.Tensor]
     tracker._loss = tensors["tracker.loss"].to(ctx.device)
     tracker._correct = tensors["tracker.correct"].to(ctx.device)
     tracker._n = int(meta["tracker_n"])
+    tracker.load_stored_state(tensors)
     ctx.epoch_start = {k: v for k, v in tensors.items() if k.startswith("epoch_start.")}
     set_epoch = getattr(getattr(run.loader, "sampler", None), "set_epoch", None)
     if set_epoch is not None:  # a DistributedSampler shuffles by seed + epoch

@@ -64,8 +64,8 @@ def test_random_erasing_erases_a_rectangle_of_the_normalized_image():
 
 @pytest.mark.parametrize(
     ("value", "needle"),
-    [("randaugmentx", "'randaugmentx'"), ("heavy", "'heavy'"), (3, "augment=3"), (v2.RandAugment, "augment=<class"),
-     (Augment, "augment=<class")],
+    [("randaugmentx", "'randaugmentx'"), ("heavy", "'heavy'"), (3, "augment=3"),
+     (v2.RandAugment, "augment=<class"), (Augment, "augment=<class")],
 )  # fmt: skip
 def test_unknown_augment_values_raise(value, needle):
     with pytest.raises(ConfigError, match=needle):
