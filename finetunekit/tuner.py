@@ -309,6 +309,13 @@ class FineTuner(FitMixin):
         files). ``cache_features``: while the bottom layer groups stay frozen (FrozenBackbone, LPFT's
         probe, GradualUnfreeze's early phases) and nothing is augmented, run them once and train the
         rest on their cached outputs (same results; see summary() and docs/performance.md).
+
+        Data and tasks (docs/data.md, docs/tasks.md): ``augment`` is True/False, a preset ("light",
+        "randaugment", "trivialaugment", "autoaugment"), a timm auto_augment string ("rand-m9-mstd0.5"),
+        ``finetunekit.data.augment.Augment(...)`` (random erasing) or a torchvision v2 transform.
+        ``class_weight`` ("balanced" or {class: weight}) or ``sample_weight`` (one per sample) weight the
+        training loss per sample (Keras semantics); ``sampling_weights`` ("balanced" or one per sample)
+        draws training samples by weight instead, seeded by (seed, epoch).
         """
         verbose = check_fit_args(batch_size, epochs, initial_epoch, validation_split, verbose)
         if self._compiled is None:

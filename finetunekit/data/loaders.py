@@ -25,8 +25,8 @@ def _check_splittable(data: PreparedData, fraction: float) -> int:
         )
     if data.loader is not None or data.dataset is None or data.num_samples is None:
         raise DataError(
-            "validation_split needs data finetunekit can index (arrays, a Dataset or a folder), but x is a "
-            "DataLoader; pass validation_data=<another DataLoader> instead."
+            "validation_split needs data finetunekit can index (arrays, a Dataset, files or a folder), but x "
+            "is a DataLoader or a stream; pass validation_data=... instead."
         )
     n_val = round(data.num_samples * fraction)
     if n_val < 1 or n_val >= data.num_samples:

@@ -67,6 +67,8 @@ def adapt_channels(images: torch.Tensor, in_chans: int, what: str) -> torch.Tens
 class ImageTransform:
     """Turns uint8 C×H×W images into model inputs with the backbone's own preprocessing.
 
+    ``augment`` is any value :func:`finetunekit.data.augment.resolve_augment` takes (True: the light
+    default below; presets, timm strings, user transforms); the resize and normalization always follow it.
     Training draws RandomResizedCrop(scale=(0.35, 1)) and a horizontal flip from torch's RNG only, so
     ``torch.manual_seed`` (or the loader generator, which seeds each worker) makes it reproducible.
     Without augmentation the whole image is resized to the input size: ``crop_pct`` is deliberately

@@ -176,3 +176,28 @@ def test_torchmetrics_objects_are_accumulated_and_named():
 def test_unknown_or_misplaced_metric_names_raise(names, task, needle):
     with pytest.raises(ConfigError, match=needle):
         check_metrics(names, task, C)
+
+
+def test_binary_auroc_uses_the_positive_class_like_sklearn():
+    g = torch.Generator().manual_seed(3)
+    y = torch.randint(0, 2, (50,), generator=g)
+    logits = torch.randn(50, 2, generator=g) + torch.nn.functional.one_hot(y, 2)
+    tracker = MetricTracker(check_metrics(["auroc"], "classification", 2), torch.device("cpu"))
+    tracker.update(torch.tensor(0.0), logits, y)
+    probs = torch.softmax(logits, 1).numpy()
+    assert tracker.result()["auroc"] == pytest.approx(skm.roc_auc_score(y.numpy(), probs[:, 1]))
+
+
+def test_fit_logs_metrics_under_the_names_given_keras_style():
+    from helpers import TinyNet, make_images
+
+    from finetunekit import FineTuner
+
+    x, y = make_images(24, 3)
+    ft = FineTuner(
+        TinyNet(num_classes=3), num_classes=3, pretrained=False, image_size=16, device="cpu", seed=0
+    )
+    ft.compile(metrics=["acc", "top2", "f1_macro"])
+    history = ft.fit(x, y, epochs=1, batch_size=8, validation_split=0.25, verbose=0)
+    assert {"acc", "val_acc", "top2", "val_top2", "f1_macro", "val_f1_macro"} <= set(history.history)
+    assert set(ft.evaluate(x, y)) == {"loss", "acc", "top2", "f1_macro"}
