@@ -67,7 +67,10 @@ def _check_dtype(labels: np.ndarray, name: str) -> None:
     if np.issubdtype(labels.dtype, np.floating) or labels.dtype == np.bool_:
         fix = "convert with y.astype(int)"
     else:
-        fix = "map class names to indices first, e.g. with sklearn.preprocessing.LabelEncoder"
+        fix = (
+            "map class names to indices first, e.g. with sklearn.preprocessing.LabelEncoder; for image "
+            "files, finetunekit.data.from_paths(paths, labels) takes class names"
+        )
     raise DataError(f"{name} has dtype {labels.dtype}; expected integer class indices. Fix: {fix}.")
 
 

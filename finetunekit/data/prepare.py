@@ -69,6 +69,12 @@ def prepare_data(
         return from_files(x, y, spec)
     if isinstance(x, (list, tuple)) or is_pil(x):
         return from_image_list(x, y, spec)
+    return _from_labelled_source(x, y, spec)
+
+
+def _from_labelled_source(x: Any, y: Any, spec: Spec) -> PreparedData:
+    """The forms that carry their own labels: loaders, folders and files by path, Datasets, streams."""
+    what = spec.what
     if is_frame(x):
         raise DataTypeError(
             f"{what} is a pandas DataFrame; pass finetunekit.data.from_df(df, path_col=..., label_col=...) "

@@ -149,3 +149,16 @@ def test_output_activation_is_the_one_decision():
     assert torch.allclose(output_activation("classification", logits).sum(1), torch.ones(1))
     assert torch.allclose(output_activation("multi_label", logits), torch.sigmoid(logits))
     assert torch.equal(output_activation("regression", logits), logits)
+
+
+def test_mixup_mixes_multi_hot_targets_as_they_are():
+    from finetunekit.techniques.mixing import BatchMixer
+
+    mixer = BatchMixer(3, 0.4, 0.0, seed=0)
+    y = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    _, soft = mixer(torch.zeros(2, 3, 4, 4), y)
+    lam, perm = mixer.last_lam, mixer.last_perm
+    assert torch.allclose(soft, y * lam + y[perm] * (1 - lam))
+    x, multi = _multi_hot(16)
+    ft = _tuner(multi_label=True).compile(lr=1e-2, mixup=0.4)
+    assert np.isfinite(ft.fit(x, multi, epochs=1, batch_size=8, verbose=0).history["loss"][0])
