@@ -11,7 +11,6 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -24,8 +23,11 @@ from finetunekit.callbacks.interrupt import report_interrupt
 from finetunekit.callbacks.progbar import resolve_verbose
 from finetunekit.callbacks.stop_flag import StopTrainingFlag
 from finetunekit.data import PreparedData, prepare_data
+from finetunekit.data.files import with_paths
+from finetunekit.data.weights import Imbalance
 from finetunekit.distributed.failure import guard
 from finetunekit.errors import ConfigError, NotCompiledError
+from finetunekit.metrics.thresholds import check_threshold
 from finetunekit.saving import model_folder as saving
 from finetunekit.strategies import Plan, Strategy, check_plan, resolve_strategy
 from finetunekit.strategies.apply import (
@@ -34,6 +36,7 @@ from finetunekit.strategies.apply import (
     norm_modules_by_group,
     set_frozen_norms_to_eval,
 )
+from finetunekit.tasks import check_tta, default_metrics, output_activation, resolve_task, task_for_loss
 from finetunekit.tools import learning_curve as _lc
 from finetunekit.tools import wise
 from finetunekit.tools.calibrate import check_temperature, with_temperature
@@ -71,7 +74,7 @@ class FineTuner:
                  device: str | torch.device = "auto", seed: int | None = None, head: str | None = None,
                  class_names: Sequence[str] | None = None,
                  groups: Sequence[str | Sequence[str]] | None = None, distributed: bool | None = None,
-                 sync_bn: bool = False):  # fmt: skip
+                 sync_bn: bool = False, multi_label: bool = False, task: str | None = None):  # fmt: skip
         """Build the model: the backbone, a new ``num_classes`` head, its layer groups, the strategy.
 
         Args:
@@ -100,8 +103,13 @@ class FineTuner:
             distributed: None runs DDP when launched by torchrun (or a process group exists), True
                 insists, False never (each process trains alone). See docs/distributed.md.
             sync_bn: under DDP, turn BatchNorm into SyncBatchNorm (CUDA only).
+            multi_label: multi-hot targets, BCE-with-logits, per-class sigmoid ``predict`` and a decision
+                :attr:`threshold` (docs/tasks.md); the same as ``task="multi_label"``.
+            task: ``"classification"`` (default), ``"multi_label"`` or ``"regression"`` (float targets,
+                raw ``predict`` outputs); ``compile(loss="mse")`` without a task also means regression.
         """
         check_positive_int("num_classes", num_classes)
+        self.task, self._task_given = resolve_task(task, multi_label), task is not None or multi_label
         check_positive_int("in_chans", in_chans)
         self.seed = seed
         self.distributed, self.sync_bn = distributed, bool(sync_bn)  # [distributed]
@@ -147,6 +155,7 @@ class FineTuner:
             self.model, built.groups[-1].param_names
         )  # [persist]
         self.temperature = 1.0  # softmax temperature fitted by calibrate(); predict divides by it
+        self._threshold: float | list[float] = 0.5  # multi-label decision threshold (tune_thresholds)
 
     @property
     def groups(self) -> list[assembly.GroupInfo]:
@@ -183,8 +192,8 @@ class FineTuner:
 
     def compile(self, optimizer: str | Callable[..., torch.optim.Optimizer] = "adamw", lr: float = 2e-3,
                 weight_decay: float = 0.01,
-                loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "cross_entropy",
-                metrics: Sequence[str] = ("accuracy",), schedule: Any = "one_cycle",
+                loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "auto",
+                metrics: Sequence[Any] | None = None, schedule: Any = "one_cycle",
                 label_smoothing: float = 0.0, schedule_kwargs: Mapping[str, Any] | None = None,
                 on_nonfinite: str = "raise", *,
                 precision: str = "32", channels_last: bool = False, compile_model: bool | str = False,
@@ -205,9 +214,15 @@ class FineTuner:
         evaluate, predict and every save use; ``ema_warmup=True`` ramps its decay up as timm's does).
         ``regularizer=L2SP(alpha, beta)`` replaces weight decay (docs/failure_modes.md); ``mixup`` /
         ``cutmix`` are Beta concentrations (0 = off) for mixing training batches with soft targets.
-        Every option that keeps state resumes exactly (docs/architecture.md)."""
+        Every option that keeps state resumes exactly (docs/architecture.md). ``loss="auto"`` is the
+        task's loss (cross-entropy, BCE-with-logits for multi_label, MSE for regression); ``metrics``
+        takes names ("accuracy", "top5", "f1_macro", "auroc", "ece", "map", ...) or torchmetrics objects,
+        logged under the names given (docs/tasks.md)."""
         given = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        done = compile_config.configure(self.model, self._backbone, self.device, given)
+        self.task = task_for_loss(self.task, self._task_given, loss)
+        chosen = default_metrics(self.task) if metrics is None else metrics
+        options = {**given, "metrics": chosen, "task": self.task, "num_classes": self.num_classes}
+        done = compile_config.configure(self.model, self._backbone, self.device, options)
         self._compiled, self.optimizer, self._compute, self._ema = done
         self._compile_kwargs = given  # learning_curve compiles its fresh copies the same way
         return self
@@ -216,9 +231,10 @@ class FineTuner:
     def fit(self, x: Any = None, y: Any = None, batch_size: int = 32, epochs: int = 1,
             verbose: int | str = "auto", callbacks: Sequence[Callback] | None = None,
             validation_split: float = 0.0, validation_data: Any = None, shuffle: bool = True,
-            initial_epoch: int = 0, augment: bool = True, deterministic: bool = False,
+            initial_epoch: int = 0, augment: Any = True, deterministic: bool = False,
             num_workers: int | None = None, cache_features: bool = True, steps_per_epoch: int | None = None,
-            validation_freq: int | Sequence[int] = 1) -> History:  # fmt: skip
+            validation_freq: int | Sequence[int] = 1, class_weight: Any = None, sample_weight: Any = None,
+            sampling_weights: Any = None) -> History:  # fmt: skip
         """Train for ``epochs`` epochs (Keras semantics) and return the History. Event order::
 
             restore (a BackupAndRestore holding a backup: every registered part of the training state)
@@ -235,7 +251,14 @@ class FineTuner:
         does not change results. ``cache_features``: while the bottom groups stay frozen and nothing is
         augmented, run them once and train the rest on cached outputs (docs/performance.md).
         ``steps_per_epoch``: train each epoch on the first N batches of its (reshuffled) pass, as Keras;
-        ``validation_freq``: validate every N epochs, or after the listed 1-based epochs."""
+        ``validation_freq``: validate every N epochs, or after the listed 1-based epochs.
+
+        Data and tasks (docs/data.md, docs/tasks.md): ``augment`` is True/False, a preset ("light",
+        "randaugment", "trivialaugment", "autoaugment"), a timm auto_augment string ("rand-m9-mstd0.5"),
+        ``finetunekit.data.augment.Augment(...)`` (random erasing) or a torchvision v2 transform.
+        ``class_weight`` ("balanced" or {class: weight}) or ``sample_weight`` (one per sample) weight the
+        training loss per sample (Keras semantics); ``sampling_weights`` ("balanced" or one per sample)
+        draws training samples by weight instead, seeded by (seed, epoch)."""
         verbose = check_fit_args(batch_size, epochs, initial_epoch, validation_split, verbose)
         freq = fit_options.check_validation_freq(validation_freq)
         if self._compiled is None:
@@ -244,13 +267,17 @@ class FineTuner:
         if self.seed is not None:
             seed_everything(self.seed)
         dist = run_for(self)  # [distributed] DDP / sharding when launched by torchrun; else pass-through
+        imbalance = Imbalance(class_weight, sample_weight, sampling_weights, self.num_classes, self.task)
         train, val = setup.fit_data(self._prepare, x, y, validation_split=validation_split,
                                     validation_data=validation_data, augment=augment,
-                                    split_seed=lambda: dist.shared_seed(self.seed))  # fmt: skip
+                                    split_seed=lambda: dist.shared_seed(self.seed),
+                                    attach=imbalance.attach)  # fmt: skip
+        self._compiled.metrics.threshold = self._threshold
         if self.class_names is None and train.class_names is not None:
             self.class_names = list(train.class_names)
         args = setup.FitArgs(batch_size, epochs, verbose, list(callbacks or []), shuffle, num_workers,
-                             cache_features, steps_per_epoch, freq)  # fmt: skip
+                             cache_features, steps_per_epoch, freq,
+                             imbalance.loss_weighting(train, self._compiled.loss_fn))  # fmt: skip
         trainer = setup.build_trainer(
             self, view=self._model_view(), optimizer=self.optimizer, compiled=self._compiled,
             compute=self._compute, ema=self._ema, seed=self.seed, num_classes=self.num_classes,
@@ -283,7 +310,7 @@ class FineTuner:
         )  # fmt: skip
 
     def _prepare(
-        self, x: Any, y: Any, *, augment: bool, what: str, require_labels: bool = True
+        self, x: Any, y: Any, *, augment: Any, what: str, require_labels: bool = True
     ) -> PreparedData:
         if x is None:
             raise ConfigError(
@@ -291,7 +318,7 @@ class FineTuner:
             )
         return prepare_data(
             x, y, data_config=self.data_config, in_chans=self.in_chans, augment=augment,
-            require_labels=require_labels, num_classes=self.num_classes, what=what,
+            require_labels=require_labels, num_classes=self.num_classes, what=what, task=self.task,
         )  # fmt: skip
 
     def _compute_path(self) -> Compute:
@@ -333,6 +360,8 @@ class FineTuner:
         if self._compiled is None:
             self.compile()
         assert self._compiled is not None
+        check_tta(tta, self.task)
+        self._compiled.metrics.threshold = self._threshold
         data = self._prepare(x, y, augment=False, what="x")
         self._head_at_init = preflight.warn_if_untrained(self.model, self._head_at_init, "evaluate()")
         return inference.evaluate(self.eval_model, data, run_for(self), batch_size, owner=self,
@@ -342,17 +371,40 @@ class FineTuner:
 
     @guard  # [distributed]
     def predict(self, x: Any, batch_size: int = 32, verbose: int | str = 0,
-                callbacks: Sequence[Callback] | None = None, tta: bool = False) -> np.ndarray:  # fmt: skip
-        """Class probabilities, shape (N, num_classes), in input order; ``tta=True`` averages them over
-        the image and its horizontal mirror."""
+                callbacks: Sequence[Callback] | None = None, tta: bool = False,
+                return_paths: bool = False) -> Any:  # fmt: skip
+        """Class probabilities (N, num_classes) in input order: softmax, per-class sigmoid for
+        multi_label, raw outputs for regression (finetunekit.tasks). ``tta=True`` averages them over the
+        image and its mirror. ``x`` may also be an image file, a flat folder, a list of paths, a PIL image
+        or a list of arrays of any sizes; ``return_paths=True`` returns ``(rows, file names)``."""
         check_positive_int("batch_size", batch_size)
+        check_tta(tta, self.task)
         data = self._prepare(x, None, augment=False, what="x", require_labels=False)
         self._head_at_init = preflight.warn_if_untrained(self.model, self._head_at_init, "predict()")
         model = with_temperature(self.eval_model, self.temperature)  # calibrate()'s temperature
-        return inference.predict(model, data, run_for(self), batch_size, owner=self,
+        rows = inference.predict(model, data, run_for(self), batch_size, owner=self,
                                  compute=self._compute_path(), num_classes=self.num_classes,
                                  callbacks=callbacks or [], tta=tta,
-                                 verbose=resolve_verbose("predict", verbose))  # fmt: skip
+                                 verbose=resolve_verbose("predict", verbose),
+                                 activation=lambda out: output_activation(self.task, out))  # fmt: skip
+        return with_paths(rows, data, return_paths)
+
+    @property
+    def threshold(self) -> float | list[float]:
+        """The multi-label decision threshold: one float or one per class (saved with the model)."""
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: float | Sequence[float]) -> None:
+        self._threshold = check_threshold(value, self.num_classes)
+
+    def tune_thresholds(self, x: Any, y: Any = None, per_class: bool = True, batch_size: int = 32) -> Any:
+        """Set :attr:`threshold` to the per-class (or one global) threshold maximizing F1 on validation
+        data ``(x, y)``; returns it. Metrics and ``save`` use it from then on (docs/tasks.md)."""
+        from finetunekit.tools.thresholds import tune_thresholds
+
+        self.threshold = tune_thresholds(self, x, y, per_class, batch_size)
+        return self._threshold
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write ``path/model.safetensors`` and ``path/config.json`` atomically; no pickle.
@@ -368,7 +420,7 @@ class FineTuner:
         config = assembly.model_config(
             self._backbone, self.num_classes, self.in_chans, self.class_names, self.strategy
         )
-        return {**config, "temperature": self.temperature}
+        return {**config, "temperature": self.temperature, "task": self.task, "threshold": self._threshold}
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, device: str | torch.device = "auto",
@@ -386,6 +438,8 @@ class FineTuner:
         self._pretrained_state = backbone_state(self.model, built.head_path)  # the loaded starting point
         self._head_at_init = None  # [persist] a loaded model counts as trained
         self.temperature = check_temperature(config.get("temperature", 1.0))
+        self.task, self._task_given = resolve_task(config.get("task"), False), True
+        self.threshold = config.get("threshold", 0.5)
         return self
 
     def find_lr(self, x: Any = None, y: Any = None, *, start_lr: float = 1e-7, end_lr: float = 10.0,

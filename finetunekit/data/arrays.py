@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 import torch
 
+from finetunekit.data.augment import check_float_augment
 from finetunekit.data.datasets import ArrayImageDataset, PreprocessedDataset, TransformedDataset
 from finetunekit.data.normcheck import warn_if_misnormalized
 from finetunekit.data.transforms import ImageTransform, adapt_channels
@@ -91,6 +92,8 @@ def _float_dataset(
     images: torch.Tensor, labels: np.ndarray | None, transform: ImageTransform, what: str
 ) -> PreprocessedDataset:
     _check_float_shape(images, transform.in_chans, what)
+    if transform.policy is not None:
+        check_float_augment(transform.policy)
     if images.dtype != torch.float32:
         images = images.float()
     finite = torch.isfinite(images)

@@ -15,17 +15,26 @@ import torch
 from torch.utils.data import Dataset
 
 from finetunekit.data.labels import check_label_range, label_name
+from finetunekit.data.targets import item_target
 from finetunekit.data.transforms import ImageTransform, to_chw_uint8
 from finetunekit.errors import DataError
+from finetunekit.tasks import CLASSIFICATION
 
 Sample = tuple[torch.Tensor, torch.Tensor]
 NO_LABEL = -1  # what unlabelled images (predict) yield, so batches are always (images, labels) pairs
 
 
+def is_no_label(label: Any) -> bool:
+    """True for the placeholder of an unlabelled item (not for a target array)."""
+    return isinstance(label, int) and label == NO_LABEL
+
+
 def _label_tensor(labels: np.ndarray | torch.Tensor | None, n: int) -> torch.Tensor:
+    """int64 class indices, or float32 rows for multi-label / regression targets."""
     if labels is None:
         return torch.full((n,), NO_LABEL, dtype=torch.int64)
-    return torch.as_tensor(labels, dtype=torch.int64)
+    tensor = torch.as_tensor(labels)
+    return tensor.float() if tensor.is_floating_point() else tensor.long()
 
 
 class TransformedDataset(Dataset[Sample]):
@@ -104,8 +113,9 @@ def convert_image(image: Any, transform: ImageTransform, what: str) -> torch.Ten
     return transform.augment_preprocessed(tensor)
 
 
-def split_item(item: Any, index: int, what: str) -> tuple[Any, int]:
-    """(image, label) from a Dataset item; a bare image gets NO_LABEL."""
+def split_item(item: Any, index: int, what: str, task: str = CLASSIFICATION) -> tuple[Any, Any]:
+    """(image, label) from a Dataset item; a bare image gets NO_LABEL. Non-classification targets are
+    returned as given (checked by :func:`finetunekit.data.targets.item_target`)."""
     if not isinstance(item, (tuple, list)):
         return item, NO_LABEL
     if len(item) < 2:
@@ -113,6 +123,8 @@ def split_item(item: Any, index: int, what: str) -> tuple[Any, int]:
             f"{what}[{index}] is a {type(item).__name__} of length {len(item)}; expected (image, label)."
         )
     label = item[1]
+    if task != CLASSIFICATION:
+        return item[0], label
     if isinstance(label, torch.Tensor) and label.numel() == 1:
         label = label.item()
     if not isinstance(label, (int, np.integer)) or isinstance(label, bool):
@@ -127,21 +139,32 @@ class WrappedDataset(TransformedDataset):
     """A user's Dataset of (image, label) items, converted lazily one item at a time."""
 
     def __init__(
-        self, dataset: Dataset[Any], transform: ImageTransform, num_classes: int | None, what: str
+        self,
+        dataset: Dataset[Any],
+        transform: ImageTransform,
+        num_classes: int | None,
+        what: str,
+        task: str = CLASSIFICATION,
     ) -> None:
         self.dataset = dataset
         self.transform = transform
         self.num_classes = num_classes
         self.what = what
+        self.task = task
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> Sample:
-        image, label = split_item(self.dataset[index], index, self.what)
-        if label != NO_LABEL:
+        image, label = split_item(self.dataset[index], index, self.what, self.task)
+        image_tensor = convert_image(image, self.transform, f"{self.what}[{index}]")
+        if is_no_label(label):
+            return image_tensor, torch.tensor(label)
+        target = item_target(label, self.num_classes, self.task, f"{self.what}[{index}]")
+        if target is None:
             check_label_range(np.array([label]), self.num_classes, f"{label_name(self.what)} (item {index})")
-        return convert_image(image, self.transform, f"{self.what}[{index}]"), torch.tensor(label)
+            target = torch.tensor(label)
+        return image_tensor, target
 
 
 class FolderDataset(TransformedDataset):

@@ -36,11 +36,29 @@ def _check_shape(labels: np.ndarray, name: str) -> None:
     shape = labels.shape
     if labels.ndim == 2 and shape[1] == 1:
         fix = "flatten it with y.ravel()"
+    elif labels.ndim == 2 and _is_multi_hot(labels):
+        fix = (
+            "it looks multi-hot (some rows mark several classes); for multi-label data build the "
+            "FineTuner with multi_label=True"
+        )
     elif labels.ndim == 2:
-        fix = "it looks one-hot; pass class indices with y.argmax(1)"
+        fix = (
+            "it looks one-hot; pass class indices with y.argmax(1) (or, if an image may have several "
+            "classes, build the FineTuner with multi_label=True)"
+        )
     else:
         fix = "pass one integer class index per image"
     raise DataError(f"{name} has shape {shape}; expected 1-D class indices of shape (N,). Fix: {fix}.")
+
+
+def _is_multi_hot(labels: np.ndarray) -> bool:
+    """0/1 rows of which at least one is not exactly one-hot."""
+    try:
+        values = labels.astype(np.float64)
+    except (TypeError, ValueError):
+        return False
+    binary = bool(np.isin(values, (0.0, 1.0)).all())
+    return binary and bool((values.sum(1) != 1).any())
 
 
 def _check_dtype(labels: np.ndarray, name: str) -> None:
@@ -49,7 +67,10 @@ def _check_dtype(labels: np.ndarray, name: str) -> None:
     if np.issubdtype(labels.dtype, np.floating) or labels.dtype == np.bool_:
         fix = "convert with y.astype(int)"
     else:
-        fix = "map class names to indices first, e.g. with sklearn.preprocessing.LabelEncoder"
+        fix = (
+            "map class names to indices first, e.g. with sklearn.preprocessing.LabelEncoder; for image "
+            "files, finetunekit.data.from_paths(paths, labels) takes class names"
+        )
     raise DataError(f"{name} has dtype {labels.dtype}; expected integer class indices. Fix: {fix}.")
 
 

@@ -8,10 +8,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, Sampler, Subset
 
 from finetunekit.data.datasets import ArrayImageDataset, FolderDataset, TransformedDataset
 from finetunekit.data.prepare import PreparedData
+from finetunekit.data.weights import WeightedEpochSampler, WeightedSamples
 from finetunekit.errors import ConfigError, DataError
 
 _WORKERS_MIN_FILES = 512  # below this, starting worker processes costs more than decoding in-process
@@ -25,8 +26,8 @@ def _check_splittable(data: PreparedData, fraction: float) -> int:
         )
     if data.loader is not None or data.dataset is None or data.num_samples is None:
         raise DataError(
-            "validation_split needs data finetunekit can index (arrays, a Dataset or a folder), but x is a "
-            "DataLoader; pass validation_data=<another DataLoader> instead."
+            "validation_split needs data finetunekit can index (arrays, a Dataset, files or a folder), but x "
+            "is a DataLoader or a stream; pass validation_data=... instead."
         )
     n_val = round(data.num_samples * fraction)
     if n_val < 1 or n_val >= data.num_samples:
@@ -53,7 +54,7 @@ def _stratified_take(counts: np.ndarray, n_val: int, rng: np.random.Generator) -
 def _split_indices(labels: np.ndarray | None, n: int, n_val: int, seed: int | None) -> np.ndarray:
     """Validation indices: stratified by label when labels are known, else a seeded random draw."""
     rng = np.random.default_rng(seed)
-    if labels is not None:
+    if labels is not None and labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer):
         _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
         take = _stratified_take(counts, n_val, rng)
         if take.sum() > 0:  # all-singleton classes cannot be stratified
@@ -76,8 +77,15 @@ def _take(dataset: Dataset[Any], indices: np.ndarray, evaluate: bool) -> Dataset
 
 def _part(data: PreparedData, indices: np.ndarray, evaluate: bool) -> PreparedData:
     assert data.dataset is not None
-    labels = None if data.labels is None else data.labels[indices]
-    return PreparedData(_take(data.dataset, indices, evaluate), None, labels, data.class_names, len(indices))
+
+    def pick(values: Any) -> Any:
+        return None if values is None else np.asarray(values)[indices]
+
+    files = None if data.files is None else [data.files[i] for i in indices]
+    return PreparedData(
+        _take(data.dataset, indices, evaluate), None, pick(data.labels), data.class_names, len(indices),
+        files=files, sample_weights=pick(data.sample_weights), sampling_weights=pick(data.sampling_weights),
+    )  # fmt: skip
 
 
 def split_validation(
@@ -199,10 +207,18 @@ def make_loader(
     generator.manual_seed(_loader_seed(seed, shuffle))
     workers = _default_workers(data.dataset, data.num_samples) if num_workers is None else num_workers
     dataset = data.dataset
-    if draws_randomness(dataset):
+    if not isinstance(dataset, IterableDataset) and draws_randomness(dataset):
         dataset = PerSampleSeeded(dataset, generator.initial_seed())
-    sampler: DistributedSampler[Any] | None = None
-    if shuffle or num_replicas > 1:  # [distributed] one permutation for 1 or N processes
+    if data.sample_weights is not None:  # (image, target, weight) items: fit(sample_weight=...)
+        dataset = WeightedSamples(dataset, data.sample_weights)
+    sampler: Sampler[Any] | None = None
+    if isinstance(dataset, IterableDataset):
+        sampler = None  # a stream is read in its own order; it cannot be shuffled or sharded by index
+    elif data.sampling_weights is not None and shuffle:
+        sampler = WeightedEpochSampler(
+            data.sampling_weights, seed=int(generator.initial_seed()), num_replicas=num_replicas, rank=rank,
+        )  # fmt: skip
+    elif shuffle or num_replicas > 1:  # [distributed] one permutation for 1 or N processes
         sampler = DistributedSampler(
             dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
             seed=int(generator.initial_seed()), drop_last=drop_last,

@@ -16,6 +16,13 @@ import numpy as np
 import torch
 
 from finetunekit.backbones.base import DataConfig
+from finetunekit.data.augment import (
+    as_uint8_image,
+    build_augmenter,
+    build_eraser,
+    check_float_augment,
+    resolve_augment,
+)
 from finetunekit.errors import DataError
 
 logger = logging.getLogger("finetunekit")
@@ -60,6 +67,8 @@ def adapt_channels(images: torch.Tensor, in_chans: int, what: str) -> torch.Tens
 class ImageTransform:
     """Turns uint8 C×H×W images into model inputs with the backbone's own preprocessing.
 
+    ``augment`` is any value :func:`finetunekit.data.augment.resolve_augment` takes (True: the light
+    default below; presets, timm strings, user transforms); the resize and normalization always follow it.
     Training draws RandomResizedCrop(scale=(0.35, 1)) and a horizontal flip from torch's RNG only, so
     ``torch.manual_seed`` (or the loader generator, which seeds each worker) makes it reproducible.
     Without augmentation the whole image is resized to the input size: ``crop_pct`` is deliberately
@@ -67,20 +76,24 @@ class ImageTransform:
     and training crops see the whole image too.
     """
 
-    def __init__(self, data_config: DataConfig, in_chans: int, augment: bool) -> None:
+    def __init__(self, data_config: DataConfig, in_chans: int, augment: Any) -> None:
         self.data_config = data_config
         self.in_chans = in_chans
-        self.augment = augment
+        self.policy = resolve_augment(augment)  # finetunekit.data.augment: presets, timm strings, transforms
+        self.augment = self.policy is not None
         self.size = (int(data_config.input_size[1]), int(data_config.input_size[2]))
         std = channel_stats(tuple(data_config.std), in_chans)
         mean = channel_stats(tuple(data_config.mean), in_chans)
         self._gain = 1.0 / (255.0 * std)
         self._offset = -mean / std
         self._augmenter: Any = None
+        self._eraser: Any = None
 
-    def with_augment(self, augment: bool) -> ImageTransform:
+    def with_augment(self, augment: Any) -> ImageTransform:
         """A twin sharing the config, e.g. the never-augmenting transform of a validation split."""
-        return ImageTransform(self.data_config, self.in_chans, augment)
+        return ImageTransform(
+            self.data_config, self.in_chans, (self.policy or True) if augment is True else augment
+        )
 
     def _interpolation(self) -> Any:
         from torchvision.transforms.v2 import InterpolationMode
@@ -109,30 +122,23 @@ class ImageTransform:
 
     def _augment(self, image: torch.Tensor) -> torch.Tensor:
         if self._augmenter is None:  # built on first use, also inside DataLoader workers
-            from torchvision.transforms import v2
-
-            self._augmenter = v2.Compose(
-                [
-                    v2.RandomResizedCrop(
-                        list(self.size),
-                        scale=(0.35, 1.0),
-                        interpolation=self._interpolation(),
-                        antialias=True,
-                    ),
-                    v2.RandomHorizontalFlip(),
-                ]
-            )
-        return self._augmenter(image)
+            assert self.policy is not None
+            mean = tuple(self.data_config.mean)
+            self._augmenter = build_augmenter(self.policy, self.size, mean, self._interpolation())
+            self._eraser = build_eraser(self.policy)
+        return as_uint8_image(self._augmenter(image))
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         """One uint8 C×H×W image -> normalized float32 C×H×W at the input size."""
-        image = self._augment(image) if self.augment else self.resize(image)
-        return self.normalize(image)
+        image = self.resize(self._augment(image) if self.augment else image)
+        out = self.normalize(image)
+        return self._eraser(out) if self._eraser is not None else out
 
     def augment_preprocessed(self, image: torch.Tensor) -> torch.Tensor:
         """Augment an already-normalized float image at its own size (no resize, no normalize)."""
-        if not self.augment:
+        if self.policy is None:
             return image
+        check_float_augment(self.policy)
         from torchvision.transforms import v2
 
         crop = v2.RandomResizedCrop(list(image.shape[-2:]), scale=(0.35, 1.0), antialias=True)

@@ -97,7 +97,10 @@ class BatchMixer:
             mixed = x.clone()
             mixed[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
             lam = 1.0 - (y1 - y0) * (x1 - x0) / float(x.shape[-2] * x.shape[-1])  # the box actually pasted
-        onehot = torch.nn.functional.one_hot(y.long(), self.num_classes).to(x.dtype)
+        if y.is_floating_point():  # multi-hot / regression targets (finetunekit.tasks): mixed as they are
+            onehot = y.to(x.dtype)
+        else:
+            onehot = torch.nn.functional.one_hot(y.long(), self.num_classes).to(x.dtype)
         self.last_lam, self.last_perm = lam, perm
         return mixed, onehot * lam + onehot[perm] * (1.0 - lam)
 

@@ -13,6 +13,7 @@ from finetunekit.errors import ConfigError
 from finetunekit.metrics import check_metrics
 from finetunekit.schedules import get_schedule
 from finetunekit.strategies.apply import build_param_groups, make_optimizer
+from finetunekit.tasks import CLASSIFICATION, builtin_loss
 from finetunekit.techniques.mixing import check_mix_alpha
 from finetunekit.training import nonfinite
 from finetunekit.training.compute import Compute, ComputeConfig, check_compute
@@ -25,7 +26,7 @@ class CompileConfig:
     lr: float
     weight_decay: float
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    metrics: list[str]
+    metrics: Any  # finetunekit.metrics.MetricSet
     schedule: Any
     schedule_kwargs: dict[str, Any]
     compute: ComputeConfig = field(default_factory=ComputeConfig)
@@ -35,7 +36,11 @@ class CompileConfig:
     cutmix: float = 0.0
 
 
-def resolve_loss(loss: Any, label_smoothing: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def resolve_loss(
+    loss: Any, label_smoothing: float, task: str = CLASSIFICATION
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A loss name for ``task`` (see :mod:`finetunekit.tasks`; ``"auto"`` is the task's default) or
+    the user's callable ``(outputs, targets) -> scalar``."""
     if (
         isinstance(label_smoothing, bool)
         or not isinstance(label_smoothing, (int, float))
@@ -44,12 +49,13 @@ def resolve_loss(loss: Any, label_smoothing: float) -> Callable[[torch.Tensor, t
         raise ConfigError(
             f"label_smoothing={label_smoothing!r} is invalid; expected a float in [0, 1), e.g. 0.1"
         )
-    if loss in ("cross_entropy", "categorical_crossentropy", "sparse_categorical_crossentropy"):
-        return nn.CrossEntropyLoss(label_smoothing=float(label_smoothing))
-    if callable(loss) and not isinstance(loss, str):
+    if isinstance(loss, str):
+        return builtin_loss(loss, task, label_smoothing)
+    if callable(loss):
         return loss
     raise ConfigError(
-        f"loss={loss!r} is unknown; expected 'cross_entropy' or a callable (logits, labels) -> scalar tensor"
+        f"loss={loss!r} is unknown; expected a name such as 'auto', 'cross_entropy', 'bce' or 'mse', or a "
+        "callable (outputs, targets) -> scalar tensor"
     )
 
 
@@ -71,7 +77,8 @@ def _check_number(name: str, value: Any, minimum: float, strict: bool, example: 
 
 
 def configure(model: nn.Module, backbone: Any, device: torch.device, options: dict[str, Any]) -> Compiled:
-    """Check every ``compile()`` option (``options`` holds them all, by name) before anything trains,
+    """Check every ``compile()`` option (``options`` holds them all, by name, plus the model's ``task``
+    and ``num_classes``, which loss and metric names depend on) before anything trains,
     then build the optimizer with every layer group in it (frozen or not), the Compute every forward
     pass goes through, and the EMA."""
     o = options
@@ -93,7 +100,8 @@ def configure(model: nn.Module, backbone: Any, device: torch.device, options: di
     optimizer = make_optimizer(o["optimizer"], groups, lr)
     config = CompileConfig(
         optimizer=o["optimizer"], lr=lr, weight_decay=weight_decay,
-        loss_fn=resolve_loss(o["loss"], o["label_smoothing"]), metrics=check_metrics(metrics),
+        loss_fn=resolve_loss(o["loss"], o["label_smoothing"], o["task"]),
+        metrics=check_metrics(metrics, o["task"], o["num_classes"]),
         schedule=o["schedule"], schedule_kwargs=schedule_kwargs, compute=compute,
         on_nonfinite=o["on_nonfinite"], regularizer=regularizer, mixup=mixup, cutmix=cutmix,
     )  # fmt: skip

@@ -27,7 +27,7 @@ class StepConfig:
     optimizer: torch.optim.Optimizer
     loss_fn: Loss
     schedule: Callable[[float], float]  # LR multiplier of progress in the cycle (finetunekit.schedules)
-    metrics: list[str]
+    metrics: Any  # finetunekit.metrics.MetricSet: names in the order the user gave
     device: torch.device
     steps_per_epoch: int
     total_steps: int  # steps in this schedule cycle
@@ -38,6 +38,7 @@ class StepConfig:
     sync_metrics: bool = False  # [distributed] epoch metrics summed over ranks
     regularizer: Callable[[], torch.Tensor] | None = None  # e.g. L2SP: added to the loss for backward
     batch_transform: Any = None  # e.g. BatchMixer: (x, y, (epoch, step)) -> (x, soft targets)
+    loss_weighting: Any = None  # fit(class_weight= / sample_weight=): finetunekit.data.weights.LossWeighting
 
     def progress(self, epoch: int, step: int) -> float:
         """Where batch ``step`` of ``epoch`` lies in this cycle, in [0, 1]."""

@@ -34,6 +34,13 @@ def to_device(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Ten
     return x.to(device, non_blocking=nb), y.to(device, non_blocking=nb)
 
 
+def batch_sample_weights(batch: Any, device: torch.device) -> torch.Tensor | None:
+    """The third element of (images, targets, weights) batches (fit(sample_weight=...)), on ``device``."""
+    if isinstance(batch, (list, tuple)) and len(batch) > 2 and isinstance(batch[2], torch.Tensor):
+        return batch[2].to(device, non_blocking=device.type == "cuda")
+    return None
+
+
 def train_epoch(
     cfg: StepConfig,
     state: LoopState,
@@ -67,8 +74,9 @@ def train_epoch(
             xin, target = cfg.batch_transform(x, y, (epoch, step))
         else:
             xin, target = x, y
+        weights = batch_sample_weights(batch, cfg.device)  # fit(sample_weight=...) batches carry them
         with deferred_interrupt():  # a Ctrl-C lands between steps, never inside one
-            loss, logits = train_step(cfg, state, xin, target, step)
+            loss, logits = train_step(cfg, state, xin, target, step, weights)
         if state.step_applied:
             tracker.update(loss, logits, y)
         if step % LOG_EVERY == 0 or time.monotonic() - synced_at >= LOG_INTERVAL:
@@ -89,17 +97,19 @@ def train_epoch(
     return logs
 
 
-def unmeasured_logs(metrics: list[str], loss: torch.Tensor) -> dict[str, float]:
+def unmeasured_logs(metrics: Iterable[str], loss: torch.Tensor) -> dict[str, float]:
     """Logs when no batch was counted (its loss was non-finite and the step was not applied): the loss as
     it was, the metrics NaN, as Keras logs them, so History and monitors always have the loss key."""
     return {"loss": float(loss), **{name: float("nan") for name in metrics}}
 
 
 def train_step(
-    cfg: StepConfig, state: LoopState, x: torch.Tensor, y: torch.Tensor, index: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+    cfg: StepConfig, state: LoopState, x: torch.Tensor, y: torch.Tensor, index: int,
+    weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Micro-batch ``index`` of the epoch: forward under the stepper's autocast, backward of the loss
     plus the regularizer (e.g. L2-SP), and an optimizer step when the accumulation window is complete.
+    ``weights``: per-sample loss weights (fit's class_weight / sample_weight, finetunekit.data.weights).
     A non-finite loss is caught before ``optimizer.step()`` (finetunekit.training.nonfinite), so the
     weights stay those of the last good step and ``state.step_applied`` says False. Returns the
     detached loss and logits for metrics."""
@@ -107,7 +117,10 @@ def train_step(
     buffers = nonfinite.snapshot_buffers(state)
     with stepper.autocast():
         logits = stepper.forward(state.model, stepper.prepare(x))
-        loss = cfg.loss_fn(logits, y)
+        if cfg.loss_weighting is not None:
+            loss = cfg.loss_weighting(logits, y, weights)
+        else:
+            loss = cfg.loss_fn(logits, y)
     total = loss + cfg.regularizer() if cfg.regularizer is not None else loss
     stepped = stepper.backward_and_step(
         total,
@@ -132,7 +145,7 @@ def evaluate_loader(
     model: nn.Module,
     loader: Iterable[Any],
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    metrics: list[str],
+    metrics: Any,
     device: torch.device,
     callbacks: CallbackList,
     sync_metrics: bool = False,
@@ -170,8 +183,10 @@ def predict_loader(
     device: torch.device,
     callbacks: CallbackList,
     compute: Compute | None = None,
+    activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> np.ndarray:
-    """Softmax probabilities for every sample, in loader order (forward passes through ``compute``)."""
+    """``activation(outputs)`` (softmax by default; see finetunekit.tasks) for every sample, in loader
+    order (forward passes through ``compute``)."""
     was_training = model.training
     model.eval()
     callbacks.on_predict_begin()
@@ -180,7 +195,8 @@ def predict_loader(
         callbacks.on_predict_batch_begin(step)
         x, _ = to_device(batch, device)
         logits = compute(model, x) if compute is not None else model(x)
-        chunks.append(torch.softmax(logits.float(), dim=1).cpu())
+        outputs = logits.float()
+        chunks.append((activation(outputs) if activation else torch.softmax(outputs, dim=1)).cpu())
         callbacks.on_predict_batch_end(step, {"outputs": chunks[-1].numpy()})  # as Keras
     callbacks.on_predict_end()
     model.train(was_training)

@@ -38,6 +38,7 @@ class FitArgs:
     cache_features: bool
     steps_per_epoch: int | None = None  # fit(steps_per_epoch=...): None is every batch of a pass
     validation_freq: fit_options.ValidationFreq = 1  # checked by fit_options.check_validation_freq
+    loss_weighting: Any = None  # fit(class_weight= / sample_weight=): finetunekit.data.weights.LossWeighting
 
 
 def fit_data(
@@ -49,10 +50,12 @@ def fit_data(
     validation_data: Any,
     augment: bool,
     split_seed: Callable[[], int | None],
+    attach: Callable[[PreparedData], PreparedData] = lambda data: data,
 ) -> tuple[PreparedData, PreparedData | None]:
     """(training data, validation data or None). ``split_seed`` gives the split's seed: every DDP rank
-    must split alike, seed or not."""
-    train = prepare(x, y, augment=augment, what="x")
+    must split alike, seed or not. ``attach`` puts per-sample weights on the training data before any
+    split (fit's sample_weight / sampling_weights)."""
+    train = attach(prepare(x, y, augment=augment, what="x"))
     if validation_data is not None:
         vx, vy = validation_data if isinstance(validation_data, tuple) else (validation_data, None)
         return train, prepare(vx, vy, augment=False, what="validation_data")
@@ -101,6 +104,8 @@ def build_trainer(
     disabled = feature_cache.disabled_reason(args.cache_features, dist.active, mixing)
     if steps < batches:  # the cache holds whole passes
         disabled = disabled or f"steps_per_epoch={steps} trains on part of each pass"
+    if train.sample_weights is not None:
+        disabled = disabled or "fit(sample_weight=...) is given (cached batches carry no weights)"
     reason = feature_cache.static_reason(loader, view.train_bn, disabled, train.loader is not None)
     return Trainer(
         owner=owner, view=view, optimizer=optimizer, compiled=compiled, compute=compute, ema=ema,
@@ -108,6 +113,7 @@ def build_trainer(
         loader=loader, val_loader=val_loader, epochs=args.epochs, steps_per_epoch=steps, dist=dist,
         cache_reason=reason, cache_validation=val is not None and val.loader is None and ema is None,
         validation_freq=args.validation_freq, take=steps if steps < batches else None,
+        loss_weighting=args.loss_weighting,
     )  # fmt: skip
 
 

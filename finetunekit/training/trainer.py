@@ -84,6 +84,7 @@ class Trainer:
         cache_validation: bool,
         validation_freq: fit_options.ValidationFreq = 1,
         take: int | None = None,
+        loss_weighting: Any = None,
     ) -> None:
         self.owner, self.view, self.model = owner, view, view.model
         self.optimizer, self.compiled, self.ema, self.device = optimizer, compiled, ema, device
@@ -92,6 +93,7 @@ class Trainer:
         self.loader, self.val_loader, self.dist = loader, val_loader, dist
         self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
         self.validation_freq, self.take = validation_freq, take  # fit(validation_freq=, steps_per_epoch=)
+        self.loss_weighting = loss_weighting  # fit(class_weight= / sample_weight=)
         self.stepper = Stepper(compiled.compute, self.model, device, ema, compute)
         mixer = BatchMixer(num_classes, compiled.mixup, compiled.cutmix, seed=seed, rank=dist.rank)
         self.mixer = mixer if mixer.active else None
@@ -184,7 +186,7 @@ class Trainer:
             device=self.device, steps_per_epoch=self.steps_per_epoch, total_steps=total,
             train_bn=self.view.train_bn, stepper=self.stepper, norms_by_group=self.view.norms_by_group,
             first_epoch=start, sync_metrics=self.dist.active, regularizer=regularizer,
-            batch_transform=self.mixer,
+            batch_transform=self.mixer, loss_weighting=self.loss_weighting,
         )  # fmt: skip
 
     def _resume_point(self, initial_epoch: int) -> train_state.ResumePoint:

@@ -192,7 +192,7 @@ CASES: list[tuple[str, Do, type[Exception], tuple[str, ...]]] = [
     ("empty_images", fit(np.zeros((0, 16, 16, 3), np.uint8), np.zeros(0, np.int64)), DataError, ("empty", "at least one")),
     ("too_small_for_backbone", too_small_for_backbone, DataError, ("(3, 8, 8)", "too small", "downsamples by 32", "image_size")),
     ("mixed_sizes_dataset", fit(ListDataset([(torch.randn(3, 16, 16), 0), (torch.randn(3, 12, 12), 1), (torch.randn(3, 16, 16), 2)])), DataError, ("different sizes", "(3, 12, 12)")),
-    ("list_not_array", fit([X[0], X[1]], Y[:2]), DataTypeError, ("list", "np.stack")),
+    ("list_of_numbers", fit([1, 2], Y[:2]), DataError, ("x[0]", "int", "PIL image")),
     # labels
     ("float_labels", fit(X, Y.astype(np.float32) + 0.5), DataError, ("float32", "astype(int)")),
     ("one_hot_labels", fit(X, np.eye(3)[Y].astype(np.int64)), DataError, ("one-hot", "argmax(1)")),
