@@ -63,8 +63,13 @@ def test_balanced_class_weight_reaches_the_loss():
     x, y = make_images(24, 3)
     keep = np.r_[np.flatnonzero(y == 0), np.flatnonzero(y != 0)[:6]]  # 8 of class 0, 6 of the others
     ft = _tuner()
-    ft.fit(x[keep], y[keep], epochs=1, batch_size=8, verbose=0, augment=False, class_weight="balanced")
-    table = ft._loss_weighting.class_weights.numpy()
+    from finetunekit.callbacks import LambdaCallback
+
+    seen = []
+    record = LambdaCallback(on_train_begin=lambda logs: seen.append(ft._trainer.loss_weighting))
+    ft.fit(x[keep], y[keep], epochs=1, batch_size=8, verbose=0, augment=False, class_weight="balanced",
+           callbacks=[record])  # fmt: skip
+    table = seen[0].class_weights.numpy()
     assert np.allclose(table, compute_class_weight("balanced", classes=np.arange(3), y=y[keep]))
 
 
@@ -98,7 +103,10 @@ def test_sample_weights_follow_a_validation_split():
     x, y = make_images(30, 3)
     ft = _tuner()
     weights = np.arange(30, dtype=np.float32)
-    train, _ = ft._fit_data(x, y, 0.2, None, False, _imbalance(weights))
+    from finetunekit.training import setup
+
+    train, _ = setup.fit_data(ft._prepare, x, y, validation_split=0.2, validation_data=None, augment=False,
+                              split_seed=lambda: 0, attach=_imbalance(weights).attach)  # fmt: skip
     kept = train.sample_weights
     assert len(kept) == 24 and set(kept.tolist()) <= set(weights.tolist())
     assert train.dataset.indices == [int(w) for w in kept]  # weight i stays with sample i
@@ -133,7 +141,7 @@ def test_balanced_sampling_draws_each_class_about_equally():
     seen = []
     from finetunekit.callbacks import LambdaCallback
 
-    record = LambdaCallback(on_epoch_begin=lambda e, logs: seen.append(list(ft._run.loader.sampler)))
+    record = LambdaCallback(on_epoch_begin=lambda e, logs: seen.append(list(ft._trainer.loader.sampler)))
     ft.fit(
         x[keep], y[keep], epochs=3, batch_size=7, verbose=0, sampling_weights="balanced", callbacks=[record]
     )

@@ -29,8 +29,8 @@ def train(backup: Path | None, crash: int | None = None, **fit_kwargs: Any) -> A
     cbs: list[Any] = [BackupAndRestore(backup, save_freq=2)] if backup is not None else []
 
     def check(batch: int, logs: dict[str, float]) -> None:
-        ctx = ft._run.ctx  # type: ignore[union-attr]
-        if crash is not None and ctx.epoch * ctx.steps_per_epoch + batch == crash:
+        run = ft._trainer  # the fit in progress (its RunView)
+        if crash is not None and run.epoch * run.steps_per_epoch + batch == crash:
             raise Crash
 
     cbs.append(LambdaCallback(on_train_batch_end=check))
@@ -63,7 +63,8 @@ def test_stored_scores_metrics_survive_a_mid_epoch_resume(tmp_path: Path) -> Non
         cbs: list[Any] = [BackupAndRestore(backup, save_freq=2)] if backup is not None else []
 
         def check(batch: int, logs: dict[str, float]) -> None:
-            if crash is not None and ft._run.ctx.epoch * ft._run.ctx.steps_per_epoch + batch == crash:  # type: ignore[union-attr]
+            run = ft._trainer  # the fit in progress (its RunView)
+            if crash is not None and run.epoch * run.steps_per_epoch + batch == crash:
                 raise Crash
 
         cbs.append(LambdaCallback(on_train_batch_end=check))
