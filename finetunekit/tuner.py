@@ -26,10 +26,12 @@ from finetunekit.errors import CheckpointError, ConfigError, NotCompiledError
 from finetunekit.metrics import check_metrics
 from finetunekit.saving import model_folder as saving
 from finetunekit.schedules import get_schedule
-from finetunekit.strategies import Plan, Strategy, check_plan, resolve_strategy
+from finetunekit.strategies import Plan, Strategy, check_plan, lora, resolve_strategy
 from finetunekit.strategies.apply import (
     apply_plan,
     build_param_groups,
+    effective_plan,
+    freeze_outside,
     group_params,
     make_optimizer,
     norm_modules_by_group,
@@ -118,6 +120,7 @@ class FineTuner(FitMixin):
     def _init_from_backbone(
         self, built: Backbone, num_classes: int, in_chans: int, class_names: Sequence[str] | None
     ) -> None:
+        self.strategy.prepare(built)  # LoRA injects its adapters here, before anything sees the model
         self._backbone = built
         self.model = built.model.to(self.device)
         self.num_classes = num_classes
@@ -130,7 +133,9 @@ class FineTuner(FitMixin):
         self._compiled: CompileConfig | None = None
         self._planned_epochs: int | None = None
         self._run: FitRun | None = None  # the fit in progress, for checkpointing callbacks
-        self._params_by_group = group_params(self.model, built.groups)
+        trainable = self.strategy.trainable_params(self.model, built.groups)  # BitFit, LoRA: a subset
+        freeze_outside(self.model, trainable)
+        self._params_by_group = group_params(self.model, built.groups, trainable)
         self._norms_by_group = norm_modules_by_group(self.model, built.groups)
         self._ema: WeightEMA | None = None
         self._feature_cache: feature_cache.FeatureCache | None = None
@@ -145,10 +150,8 @@ class FineTuner(FitMixin):
     @property
     def groups(self) -> list[GroupInfo]:
         """Layer groups, ordered input -> head, with parameter counts."""
-        return [
-            GroupInfo(g.name, sum(p.numel() for p in ps), tuple(g.param_names))
-            for g, ps in zip(self._backbone.groups, self._params_by_group, strict=True)
-        ]
+        groups = self._backbone.groups
+        return [GroupInfo(g.name, g.num_params(self.model), tuple(g.param_names)) for g in groups]
 
     @property
     def data_config(self) -> DataConfig:
@@ -338,7 +341,7 @@ class FineTuner(FitMixin):
         """The strategy's plan for ``epoch``, checked."""
         plan = self.strategy.plan(len(self._backbone.groups), epoch)
         check_plan(self.strategy, plan, len(self._backbone.groups))
-        return plan
+        return effective_plan(plan, self._params_by_group)  # a group with nothing to train is frozen
 
     def _apply_plan(self, epoch: int) -> Plan:
         """The one method that applies a plan (trainability; LRs follow it in the loop)."""
@@ -384,14 +387,23 @@ class FineTuner(FitMixin):
         return dist.gather_rows(probs.reshape(-1, self.num_classes), data)
 
     # ------------------------------------------------------------------------------------ save/load
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write ``path/model.safetensors`` and ``path/config.json`` atomically; no pickle.
+    def save(self, path: str | os.PathLike[str], *, adapters_only: bool = False) -> None:
+        """Write ``path/model.safetensors`` and ``path/config.json`` atomically; no pickle. With LoRA the
+        adapters are merged (a plain model folder, loadable without peft); ``adapters_only=True`` writes
+        just the adapters and the head (``load_adapters`` reads them).
 
         Under DDP call it on every rank: rank 0 writes, the others wait until the files are complete
         (and raise if rank 0 could not write), so a ``load`` right after sees them."""
-        config = self._model_config()
-        write = lambda: saving.save_model_folder(path, self.eval_model.state_dict(), config)  # noqa: E731
+        state, extra = lora.state_to_save(self.eval_model, self._backbone.head_path, adapters_only)
+        config = {**self._model_config(), **extra}
+        write = lambda: saving.save_model_folder(path, state, config)  # noqa: E731
         run_for(self).run_on_main(write, "save")  # [distributed] rank 0 writes, every rank waits
+
+    def load_adapters(self, path: str | os.PathLike[str]) -> FineTuner:
+        """Load a ``save(path, adapters_only=True)`` folder into this FineTuner's LoRA adapters and head."""
+        state, _ = saving.load_model_folder(path)
+        lora.load_adapters(self.model, self._backbone.head_path, state, str(path))
+        return self
 
     def _model_config(self) -> dict[str, Any]:
         """What ``save`` writes next to the weights, and what a resume compares."""
@@ -410,6 +422,11 @@ class FineTuner(FitMixin):
              model: nn.Module | None = None, distributed: bool | None = None) -> FineTuner:  # fmt: skip
         """Rebuild a saved FineTuner without network. ``model=`` supplies the module for custom backbones."""
         state, config = saving.load_model_folder(path)
+        if config.get("adapters_only"):
+            raise CheckpointError(
+                f"{str(path)!r} holds LoRA adapters only; build FineTuner(backbone, num_classes, "
+                f"strategy=LoRA(...)) and call ft.load_adapters({str(path)!r})"
+            )
         num_classes = int(config["num_classes"])
         if model is not None:
             head, groups = config["backbone"].get("head"), config["backbone"].get("groups")
@@ -458,6 +475,7 @@ class FineTuner(FitMixin):
         text = format_summary(
             self.spec, self.groups, plans, base_lr, self.strategy, self._norms_by_group,
             open_ended=not known, restarts=self.strategy.schedule_restarts(n_groups),
+            trains=[sum(p.numel() for p in ps) for ps in self._params_by_group],
         )  # fmt: skip
         text = f"{text}\nfeature cache: {feature_cache.cache_status(self._feature_cache)}"
         gaps = gap_line(self.history)
