@@ -36,6 +36,7 @@ from finetunekit.strategies.apply import (
     make_optimizer,
     norm_modules_by_group,
 )
+from finetunekit.techniques.checkpointing import set_grad_checkpointing
 from finetunekit.techniques.gap import gap_line
 from finetunekit.techniques.mixing import check_mix_alpha
 from finetunekit.tools import learning_curve as _lc
@@ -145,6 +146,7 @@ class FineTuner(FitMixin):
         self._wise_end: tuple[Any, dict[str, torch.Tensor]] | None = None
         self._wise_alpha: float | None = None
         self._compile_kwargs: dict[str, Any] | None = None
+        self._checkpointing = "off"  # compile(grad_checkpointing=True) says how it is done
 
     # ----------------------------------------------------------------------------------- properties
     @property
@@ -203,6 +205,7 @@ class FineTuner(FitMixin):
         regularizer: Any = None,
         mixup: float = 0.0,
         cutmix: float = 0.0,
+        grad_checkpointing: bool = False,
     ) -> FineTuner:
         """Choose optimizer, LR, loss, metrics and LR schedule. Every layer group enters the optimizer
         now, frozen or not, so nothing is added mid-run (DESIGN decision 2). ``lr=2e-3`` with one-cycle
@@ -219,6 +222,10 @@ class FineTuner(FitMixin):
         ``regularizer=L2SP(alpha, beta)`` replaces weight decay (the optimizer's decoupled decay becomes 0
         for every group; see docs/failure_modes.md). ``mixup`` / ``cutmix`` are Beta concentrations
         (0 = off) for mixing training batches with soft targets.
+
+        ``grad_checkpointing=True`` recomputes activations in the backward pass instead of keeping them
+        (timm's ``set_grad_checkpointing``, else ``torch.utils.checkpoint`` per layer group; see
+        docs/large_backbones.md): less activation memory, about one more forward pass per step.
         """
         given = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         nonfinite.check_policy(on_nonfinite)
@@ -234,6 +241,8 @@ class FineTuner(FitMixin):
         check_mix_alpha("cutmix", cutmix)
         if regularizer is not None and not callable(regularizer):
             raise ConfigError(f"regularizer={regularizer!r} is not callable; expected e.g. L2SP(0.01, 0.01)")
+        if not isinstance(grad_checkpointing, bool):
+            raise ConfigError(f"grad_checkpointing={grad_checkpointing!r} is invalid; expected True or False")
         decay = 0.0 if getattr(regularizer, "replaces_weight_decay", False) else weight_decay
         groups = build_param_groups(self.model, self._backbone.groups, self._backbone.no_weight_decay, decay)
         self.optimizer = make_optimizer(optimizer, groups, float(lr))
@@ -252,6 +261,7 @@ class FineTuner(FitMixin):
             mixup=float(mixup),
             cutmix=float(cutmix),
         )
+        self._checkpointing = set_grad_checkpointing(self.model, self._backbone, grad_checkpointing)
         self._ema = make_ema(self.model, compute.ema_decay) if compute.ema_decay else None
         self._compile_kwargs = given  # learning_curve compiles its fresh copies the same way
         return self
@@ -478,6 +488,7 @@ class FineTuner(FitMixin):
             trains=[sum(p.numel() for p in ps) for ps in self._params_by_group],
         )  # fmt: skip
         text = f"{text}\nfeature cache: {feature_cache.cache_status(self._feature_cache)}"
+        text += f"\ngradient checkpointing: {self._checkpointing}"
         gaps = gap_line(self.history)
         return text if gaps is None else f"{text}\ntrain/validation gap, {gaps}"
 
