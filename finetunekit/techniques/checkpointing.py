@@ -53,7 +53,7 @@ def _in_backward() -> bool:
     return bool(torch._C._current_graph_task_id() != -1)
 
 
-def _bn_pre(module: nn.Module, _args: Any) -> None:
+def _bn_pre(module: Any, _args: Any) -> None:
     if module.training and _in_backward():
         tracked = getattr(module, "num_batches_tracked", None)
         saved = tracked.clone() if isinstance(tracked, torch.Tensor) else None
@@ -61,7 +61,7 @@ def _bn_pre(module: nn.Module, _args: Any) -> None:
         module.momentum = 0.0  # running = running * 1 + batch * 0: exactly unchanged
 
 
-def _bn_post(module: nn.Module, _args: Any, _out: Any) -> None:
+def _bn_post(module: Any, _args: Any, _out: Any) -> None:
     saved = module.__dict__.pop("_finetunekit_saved", None)
     if saved is not None:
         module.momentum, tracked = saved
@@ -110,8 +110,9 @@ def set_grad_checkpointing(model: nn.Module, backbone: Backbone, enable: bool) -
     if not isinstance(enable, bool):
         raise ConfigError(f"grad_checkpointing={enable!r} is invalid; expected True or False")
     _set_bn_guard(model, enable)
-    if callable(getattr(model, "set_grad_checkpointing", None)):
-        model.set_grad_checkpointing(enable)
+    timm_switch = getattr(model, "set_grad_checkpointing", None)
+    if callable(timm_switch):
+        timm_switch(enable)
         return "on: timm's set_grad_checkpointing" if enable else "off"
     modules = dict(model.named_modules())
     for m in modules.values():
