@@ -57,7 +57,7 @@ def _bn_pre(module: Any, _args: Any) -> None:
     if module.training and _in_backward():
         tracked = getattr(module, "num_batches_tracked", None)
         saved = tracked.clone() if isinstance(tracked, torch.Tensor) else None
-        module._finetunekit_saved = (module.momentum, saved)  # type: ignore[assignment]
+        module._finetunekit_saved = (module.momentum, saved)
         module.momentum = 0.0  # running = running * 1 + batch * 0: exactly unchanged
 
 
