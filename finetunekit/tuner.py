@@ -42,7 +42,7 @@ from finetunekit.techniques.mixing import check_mix_alpha
 from finetunekit.tools import learning_curve as _lc
 from finetunekit.tools import wise
 from finetunekit.tools.summary import format_summary
-from finetunekit.training import feature_cache, loop, nonfinite, preflight
+from finetunekit.training import feature_cache, fsdp, loop, nonfinite, preflight
 from finetunekit.training.compile_config import CompileConfig, resolve_loss
 from finetunekit.training.determinism import deterministic_mode
 from finetunekit.training.distributed import run_for
@@ -92,15 +92,17 @@ class FineTuner(FitMixin):
         head: str | None = None,
         class_names: Sequence[str] | None = None,
         groups: Sequence[str | Sequence[str]] | None = None,
-        distributed: bool | None = None,
+        distributed: bool | str | None = None,
         sync_bn: bool = False,
     ):
         """``distributed``: None runs DDP when launched by torchrun (or a process group exists), True
         insists, False never (each process trains alone). ``sync_bn`` turns BatchNorm into SyncBatchNorm
-        under DDP (CUDA only). See docs/distributed.md."""
+        under DDP (CUDA only). See docs/distributed.md. ``distributed="fsdp"``: FSDP2 sharding under
+        torchrun for backbones too large to replicate (docs/large_backbones.md)."""
         check_positive_int("num_classes", num_classes)
         check_positive_int("in_chans", in_chans)
         self.seed = seed
+        fsdp.check_mode(distributed)
         self.distributed, self.sync_bn = distributed, bool(sync_bn)  # [distributed]
         if seed is not None:
             seed_everything(seed)
@@ -243,6 +245,8 @@ class FineTuner(FitMixin):
             raise ConfigError(f"regularizer={regularizer!r} is not callable; expected e.g. L2SP(0.01, 0.01)")
         if not isinstance(grad_checkpointing, bool):
             raise ConfigError(f"grad_checkpointing={grad_checkpointing!r} is invalid; expected True or False")
+        if self.distributed == fsdp.MODE:  # [distributed] shard before the optimizer holds the parameters
+            fsdp.shard(self, regularizer, compute.ema_decay)
         decay = 0.0 if getattr(regularizer, "replaces_weight_decay", False) else weight_decay
         groups = build_param_groups(self.model, self._backbone.groups, self._backbone.no_weight_decay, decay)
         self.optimizer = make_optimizer(optimizer, groups, float(lr))
@@ -302,6 +306,8 @@ class FineTuner(FitMixin):
         rest on their cached outputs (same results; see summary() and docs/performance.md).
         """
         verbose = check_fit_args(batch_size, epochs, initial_epoch, validation_split, verbose)
+        if self.distributed == fsdp.MODE:
+            fsdp.check_callbacks(callbacks)
         if self._compiled is None:
             self.compile()
         assert self._compiled is not None and self.optimizer is not None
@@ -404,7 +410,11 @@ class FineTuner(FitMixin):
 
         Under DDP call it on every rank: rank 0 writes, the others wait until the files are complete
         (and raise if rank 0 could not write), so a ``load`` right after sees them."""
-        state, extra = lora.state_to_save(self.eval_model, self._backbone.head_path, adapters_only)
+        extra: dict[str, Any] = {}
+        if fsdp.is_sharded(self.model):  # [distributed] every rank gathers, rank 0 writes
+            state = fsdp.full_state_dict(self.model)
+        else:
+            state, extra = lora.state_to_save(self.eval_model, self._backbone.head_path, adapters_only)
         config = {**self._model_config(), **extra}
         write = lambda: saving.save_model_folder(path, state, config)  # noqa: E731
         run_for(self).run_on_main(write, "save")  # [distributed] rank 0 writes, every rank waits
@@ -429,7 +439,7 @@ class FineTuner(FitMixin):
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, device: str | torch.device = "auto",
-             model: nn.Module | None = None, distributed: bool | None = None) -> FineTuner:  # fmt: skip
+             model: nn.Module | None = None, distributed: bool | str | None = None) -> FineTuner:  # fmt: skip
         """Rebuild a saved FineTuner without network. ``model=`` supplies the module for custom backbones."""
         state, config = saving.load_model_folder(path)
         if config.get("adapters_only"):

@@ -27,7 +27,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from finetunekit.backbones.base import Backbone
-from finetunekit.backbones.grouping import common_module_prefix
+from finetunekit.backbones.grouping import group_modules
 from finetunekit.errors import ConfigError
 
 _HOOKS = "_finetunekit_ckpt_bn_hooks"
@@ -78,31 +78,6 @@ def _set_bn_guard(model: nn.Module, enable: bool) -> None:
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 handles += [m.register_forward_pre_hook(_bn_pre), m.register_forward_hook(_bn_post)]
     object.__setattr__(model, _HOOKS, handles)
-
-
-def _has_children(module: nn.Module) -> bool:
-    return any(True for _ in module.children())
-
-
-def group_modules(model: nn.Module, param_names: list[str]) -> list[str]:
-    """The modules to checkpoint for one layer group: the one module holding exactly its parameters,
-    else its composite children that lie wholly inside the group."""
-    inside = set(param_names)
-    modules = dict(model.named_modules())
-    prefix = common_module_prefix(param_names)
-
-    def wholly_inside(name: str) -> bool:
-        return all(f"{name}.{n}" in inside for n, _ in modules[name].named_parameters())
-
-    if prefix and wholly_inside(prefix) and _has_children(modules[prefix]):
-        return [prefix]
-    parent = modules[prefix] if prefix else model
-    out = []
-    for child, module in parent.named_children():
-        name = f"{prefix}.{child}" if prefix else child
-        if _has_children(module) and any(True for _ in module.parameters()) and wholly_inside(name):
-            out.append(name)
-    return out
 
 
 def set_grad_checkpointing(model: nn.Module, backbone: Backbone, enable: bool) -> str:
