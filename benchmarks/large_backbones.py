@@ -113,7 +113,8 @@ def cost_table(args: argparse.Namespace) -> list[dict[str, Any]]:
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['strategy']} | {'yes' if r['ckpt'] else 'no'} | {r['trainable']:,} | "
-              f"{r['trainable'] / base['trainable']:.4f} | {r['peak_mb']:.0f} | {r['peak_mb'] / base['peak_mb']:.2f} | "
+              f"{r['trainable'] / base['trainable']:.4f} | {r['peak_mb']:.0f} | "
+              f"{r['peak_mb'] / base['peak_mb']:.2f} | "
               f"{r['step_s']:.2f} | {r['step_s'] / base['step_s']:.2f} |")  # fmt: skip
     return rows
 
