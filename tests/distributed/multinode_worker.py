@@ -41,6 +41,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "ddp": {},
     "ddp_checkpointing": {"grad_checkpointing": True},
     "fsdp": {"distributed": "fsdp"},
+    "fsdp_checkpointing": {"distributed": "fsdp", "grad_checkpointing": True},
 }
 
 

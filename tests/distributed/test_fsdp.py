@@ -26,23 +26,24 @@ pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distribut
 
 
 @pytest.mark.slow
-def test_two_processes_shard_and_match_one_process(tmp_path: Path):
+@pytest.mark.parametrize("scenario", ["fsdp", "fsdp_checkpointing"])
+def test_two_processes_shard_and_match_one_process(tmp_path: Path, scenario: str):
     env = dict(os.environ)
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
         env.pop(name, None)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     env["OMP_NUM_THREADS"] = "1"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "--monitor-interval=0.5", str(WORKER), "fsdp", str(tmp_path)]  # fmt: skip
+           "--monitor-interval=0.5", str(WORKER), scenario, str(tmp_path)]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    ranks = [load_file(str(tmp_path / f"fsdp_rank{r}.safetensors")) for r in (0, 1)]
+    ranks = [load_file(str(tmp_path / f"{scenario}_rank{r}.safetensors")) for r in (0, 1)]
     total = sum(p.numel() for p in multinode_worker.dist_worker.GNNet().parameters())
     for r in ranks:
         assert int(r["_world"]) == 2
         assert 0.4 * total < int(r["_local_numel"]) < 0.6 * total  # sharded: about half on each rank
-    compare(tmp_path, "fsdp", ranks)
-    loaded = FineTuner.load(tmp_path / "fsdp_model", model=multinode_worker.dist_worker.GNNet())
+    compare(tmp_path, scenario, ranks)
+    loaded = FineTuner.load(tmp_path / f"{scenario}_model", model=multinode_worker.dist_worker.GNNet())
     assert not fsdp.is_sharded(loaded.model)
 
 
