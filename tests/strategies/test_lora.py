@@ -219,3 +219,16 @@ def test_bad_arguments_name_the_value(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(builtins, "__import__", no_peft)
     with pytest.raises(MissingDependencyError, match=r"pip install finetunekit\[lora\]"):
         tuner()
+
+
+def test_learning_curve_copies_restart_from_the_pretrained_adapters():
+    from finetunekit.tools.learning_curve import fresh_copy
+
+    ft = tuner()
+    start = {k: v.clone() for k, v in ft.model.state_dict().items() if ".lora_" in k}
+    fit(ft)
+    fresh = fresh_copy(ft, seed=0)
+    state = fresh.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in start.items())  # A as initialized, B zero again
+    assert any(not torch.equal(ft.model.state_dict()[k], v) for k, v in start.items())
+    assert all(p.requires_grad for n, p in fresh.model.named_parameters() if ".lora_" in n)
