@@ -34,9 +34,12 @@ class GroupInfo:
         return f"GroupInfo(name={self.name!r}, num_params={self.num_params:,}, trainable={self.trainable})"
 
 
-def group_infos(backbone: Backbone, params_by_group: Sequence[Sequence[nn.Parameter]]) -> list[GroupInfo]:
+def group_infos(
+    model: nn.Module, backbone: Backbone, params_by_group: Sequence[Sequence[nn.Parameter]]
+) -> list[GroupInfo]:
+    """Every group's size (all its parameters) and whether any of its trainable ones trains now."""
     return [
-        GroupInfo(g.name, sum(p.numel() for p in ps), tuple(g.param_names), any(p.requires_grad for p in ps))
+        GroupInfo(g.name, g.num_params(model), tuple(g.param_names), any(p.requires_grad for p in ps))
         for g, ps in zip(backbone.groups, params_by_group, strict=True)
     ]
 
@@ -58,6 +61,11 @@ def backbone_from_folder(
     """(backbone rebuilt without network, saved weights, saved config); ``model`` supplies the module
     of a custom backbone."""
     state, config = saving.load_model_folder(path, verify=verify)
+    if config.get("adapters_only"):
+        raise CheckpointError(
+            f"{str(path)!r} holds LoRA adapters only; build FineTuner(backbone, num_classes, "
+            f"strategy=LoRA(...)) and call ft.load_adapters({str(path)!r})"
+        )
     num_classes, saved = int(config["num_classes"]), config["backbone"]
     if model is not None:
         built = build_backbone(model, num_classes, pretrained=False, in_chans=int(config["in_chans"]),
@@ -81,9 +89,10 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Any, co
 def summary_text(
     spec: str, groups: list[GroupInfo], plans: list[Plan], base_lr: float | None, strategy: Strategy,
     norms_by_group: Any, open_ended: bool, restarts: list[int], cache_status: str, history: Any,
+    trains: list[int] | None = None, checkpointing: str = "off",
 ) -> str:  # fmt: skip
     text = format_summary(spec, groups, plans, base_lr, strategy, norms_by_group, open_ended=open_ended,
-                          restarts=restarts)  # fmt: skip
-    text = f"{text}\nfeature cache: {cache_status}"
+                          restarts=restarts, trains=trains)  # fmt: skip
+    text = f"{text}\nfeature cache: {cache_status}\ngradient checkpointing: {checkpointing}"
     gaps = gap_line(history)
     return text if gaps is None else f"{text}\ntrain/validation gap, {gaps}"

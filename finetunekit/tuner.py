@@ -29,18 +29,21 @@ from finetunekit.distributed.failure import guard
 from finetunekit.errors import ConfigError, NotCompiledError
 from finetunekit.metrics.thresholds import check_threshold
 from finetunekit.saving import model_folder as saving
-from finetunekit.strategies import Plan, Strategy, check_plan, resolve_strategy
+from finetunekit.strategies import Plan, Strategy, check_plan, lora, resolve_strategy
 from finetunekit.strategies.apply import (
     apply_plan,
+    effective_plan,
+    freeze_outside,
     group_params,
     norm_modules_by_group,
     set_frozen_norms_to_eval,
 )
 from finetunekit.tasks import check_tta, default_metrics, output_activation, resolve_task, task_for_loss
+from finetunekit.techniques.checkpointing import set_grad_checkpointing
 from finetunekit.tools import learning_curve as _lc
 from finetunekit.tools import wise
 from finetunekit.tools.calibrate import check_temperature, with_temperature
-from finetunekit.training import compile_config, feature_cache, fit_options, inference, preflight, setup
+from finetunekit.training import compile_config, feature_cache, fit_options, fsdp, inference, preflight, setup
 from finetunekit.training.compile_config import CompileConfig
 from finetunekit.training.compute import Compute, ComputeConfig
 from finetunekit.training.determinism import deterministic_mode, seed_everything
@@ -73,7 +76,7 @@ class FineTuner:
                  image_size: int | tuple[int, int] | None = None, in_chans: int = 3,
                  device: str | torch.device = "auto", seed: int | None = None, head: str | None = None,
                  class_names: Sequence[str] | None = None,
-                 groups: Sequence[str | Sequence[str]] | None = None, distributed: bool | None = None,
+                 groups: Sequence[str | Sequence[str]] | None = None, distributed: bool | str | None = None,
                  sync_bn: bool = False, multi_label: bool = False, task: str | None = None):  # fmt: skip
         """Build the model: the backbone, a new ``num_classes`` head, its layer groups, the strategy.
 
@@ -102,6 +105,8 @@ class FineTuner:
                 per group, e.g. ``["stem", "layer[12]", "layer[34]"]``; every parameter exactly once.
             distributed: None runs DDP when launched by torchrun (or a process group exists), True
                 insists, False never (each process trains alone). See docs/distributed.md.
+                ``"fsdp"``: FSDP2 sharding under torchrun for backbones too large to replicate
+                (docs/large_backbones.md).
             sync_bn: under DDP, turn BatchNorm into SyncBatchNorm (CUDA only).
             multi_label: multi-hot targets, BCE-with-logits, per-class sigmoid ``predict`` and a decision
                 :attr:`threshold` (docs/tasks.md); the same as ``task="multi_label"``.
@@ -112,6 +117,7 @@ class FineTuner:
         self.task, self._task_given = resolve_task(task, multi_label), task is not None or multi_label
         check_positive_int("in_chans", in_chans)
         self.seed = seed
+        fsdp.check_mode(distributed)
         self.distributed, self.sync_bn = distributed, bool(sync_bn)  # [distributed]
         if seed is not None:
             seed_everything(seed)
@@ -125,6 +131,7 @@ class FineTuner:
     def _init_from_backbone(
         self, built: Backbone, num_classes: int, in_chans: int, class_names: Sequence[str] | None
     ) -> None:
+        self.strategy.prepare(built)  # LoRA injects its adapters here, before anything sees the model
         self._backbone = built
         self.model = built.model.to(self.device)
         self.num_classes = num_classes
@@ -138,7 +145,10 @@ class FineTuner:
         self._planned_epochs: int | None = None
         self._trainer: Trainer | None = None  # the fit in progress; dropped when it ends
         self._last_fit: FitOutcome | None = None  # what summary() reports of the last fit
-        self._params_by_group = group_params(self.model, built.groups)
+        trainable = self.strategy.trainable_params(self.model, built.groups)  # BitFit, LoRA: a subset
+        freeze_outside(self.model, trainable)
+        self._params_by_group = group_params(self.model, built.groups, trainable)
+        self._checkpointing = "off"  # compile(grad_checkpointing=True) says how it is done
         self._norms_by_group = norm_modules_by_group(self.model, built.groups)
         self._ema: Any = None  # finetunekit.training.ema.WeightEMA when compile(ema_decay=...)
         self._compute: Compute | None = None  # the one forward path, set by compile()
@@ -161,7 +171,7 @@ class FineTuner:
     def groups(self) -> list[assembly.GroupInfo]:
         """Layer groups, ordered input -> head, with parameter counts and whether each trains now (the
         strategy's epoch-0 plan from construction on; during and after fit, the plan last applied)."""
-        return assembly.group_infos(self._backbone, self._params_by_group)
+        return assembly.group_infos(self.model, self._backbone, self._params_by_group)
 
     @property
     def data_config(self) -> DataConfig:
@@ -200,7 +210,7 @@ class FineTuner:
                 accumulate_steps: int = 1, clip_grad_norm: float | None = None,
                 clip_grad_value: float | None = None, ema_decay: float | None = None,
                 ema_warmup: bool = False, regularizer: Any = None, mixup: float = 0.0,
-                cutmix: float = 0.0) -> FineTuner:  # fmt: skip
+                cutmix: float = 0.0, grad_checkpointing: bool = False) -> FineTuner:  # fmt: skip
         """Choose optimizer, LR, loss, metrics and LR schedule; every option is checked here, before any
         step. Every layer group enters the optimizer now, frozen or not, so nothing is added mid-run.
         ``lr=2e-3`` with one-cycle is measured in benchmarks/strategies.py (docs/strategies.md).
@@ -217,13 +227,20 @@ class FineTuner:
         Every option that keeps state resumes exactly (docs/architecture.md). ``loss="auto"`` is the
         task's loss (cross-entropy, BCE-with-logits for multi_label, MSE for regression); ``metrics``
         takes names ("accuracy", "top5", "f1_macro", "auroc", "ece", "map", ...) or torchmetrics objects,
-        logged under the names given (docs/tasks.md)."""
+        logged under the names given (docs/tasks.md). ``grad_checkpointing=True`` recomputes activations
+        in the backward pass instead of keeping them (timm's ``set_grad_checkpointing``, else
+        ``torch.utils.checkpoint`` per layer group; docs/large_backbones.md)."""
         given = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.task = task_for_loss(self.task, self._task_given, loss)
         chosen = default_metrics(self.task) if metrics is None else metrics
         options = {**given, "metrics": chosen, "task": self.task, "num_classes": self.num_classes}
+        if not isinstance(grad_checkpointing, bool):
+            raise ConfigError(f"grad_checkpointing={grad_checkpointing!r} is invalid; expected True or False")
+        if self.distributed == fsdp.MODE:  # [distributed] shard before the optimizer holds the parameters
+            fsdp.shard(self, regularizer, ema_decay)
         done = compile_config.configure(self.model, self._backbone, self.device, options)
         self._compiled, self.optimizer, self._compute, self._ema = done
+        self._checkpointing = set_grad_checkpointing(self.model, self._backbone, grad_checkpointing)
         self._compile_kwargs = given  # learning_curve compiles its fresh copies the same way
         return self
 
@@ -261,6 +278,8 @@ class FineTuner:
         draws training samples by weight instead, seeded by (seed, epoch)."""
         verbose = check_fit_args(batch_size, epochs, initial_epoch, validation_split, verbose)
         freq = fit_options.check_validation_freq(validation_freq)
+        if self.distributed == fsdp.MODE:
+            fsdp.check_callbacks(callbacks)
         if self._compiled is None:
             self.compile()
         assert self._compiled is not None and self.optimizer is not None and self._compute is not None
@@ -341,7 +360,7 @@ class FineTuner:
         """The strategy's plan for ``epoch``, checked."""
         plan = self.strategy.plan(len(self._backbone.groups), epoch)
         check_plan(self.strategy, plan, len(self._backbone.groups))
-        return plan
+        return effective_plan(plan, self._params_by_group)  # a group with nothing to train is frozen
 
     def _apply_plan(self, epoch: int) -> Plan:
         """The one method that applies a plan (trainability; LRs follow it in the loop)."""
@@ -406,14 +425,27 @@ class FineTuner:
         self.threshold = tune_thresholds(self, x, y, per_class, batch_size)
         return self._threshold
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write ``path/model.safetensors`` and ``path/config.json`` atomically; no pickle.
+    def save(self, path: str | os.PathLike[str], *, adapters_only: bool = False) -> None:
+        """Write ``path/model.safetensors``, ``config.json`` and ``manifest.json`` atomically; no pickle.
+        With LoRA the adapters are merged (a plain model folder, loadable without peft);
+        ``adapters_only=True`` writes just the adapters and the head (``load_adapters`` reads them).
 
         Under DDP call it on every rank: rank 0 writes, the others wait until the files are complete
         (and raise if rank 0 could not write), so a ``load`` right after sees them."""
-        config = self._model_config()
-        write = lambda: saving.save_model_folder(path, self.eval_model.state_dict(), config)  # noqa: E731
+        extra: dict[str, Any] = {}
+        if fsdp.is_sharded(self.model):  # [distributed] every rank gathers, rank 0 writes
+            state = fsdp.full_state_dict(self.model)
+        else:
+            state, extra = lora.state_to_save(self.eval_model, self._backbone.head_path, adapters_only)
+        config = {**self._model_config(), **extra}
+        write = lambda: saving.save_model_folder(path, state, config)  # noqa: E731
         run_for(self).run_on_main(write, "save")  # [distributed] rank 0 writes, every rank waits
+
+    def load_adapters(self, path: str | os.PathLike[str]) -> FineTuner:
+        """Load a ``save(path, adapters_only=True)`` folder into this FineTuner's LoRA adapters and head."""
+        state, _ = saving.load_model_folder(path)
+        lora.load_adapters(self.model, self._backbone.head_path, state, str(path))
+        return self
 
     def _model_config(self) -> dict[str, Any]:
         """What ``save`` writes next to the weights, and what a resume compares."""
@@ -424,7 +456,7 @@ class FineTuner:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, device: str | torch.device = "auto",
-             model: nn.Module | None = None, distributed: bool | None = None,
+             model: nn.Module | None = None, distributed: bool | str | None = None,
              verify: bool = True) -> FineTuner:  # fmt: skip
         """Rebuild a saved FineTuner without network. ``model=`` supplies the module for custom backbones.
         ``verify=False`` loads a folder without a manifest (values are still checked; docs/reliability.md)."""
@@ -459,18 +491,10 @@ class FineTuner:
         status = self._last_fit.cache_status if self._last_fit is not None else feature_cache.DEFAULT_STATUS
         base_lr = self._compiled.lr if self._compiled else None
         restarts = self.strategy.schedule_restarts(n_groups)
-        return assembly.summary_text(
-            self.spec,
-            self.groups,
-            plans,
-            base_lr,
-            self.strategy,
-            self._norms_by_group,
-            not known,
-            restarts,
-            status,
-            self.history,
-        )
+        trains = [sum(p.numel() for p in ps) for ps in self._params_by_group]
+        return assembly.summary_text(self.spec, self.groups, plans, base_lr, self.strategy,
+                                     self._norms_by_group, not known, restarts, status, self.history,
+                                     trains=trains, checkpointing=self._checkpointing)  # fmt: skip
 
     def interpolate(self, alpha: float, bn_data: Any = None) -> FineTuner:
         """WiSE-FT: set the backbone to ``(1 - alpha) * pretrained + alpha * fine-tuned``; keep the head.

@@ -152,3 +152,29 @@ def finalize_groups(groups: list[LayerGroup], head_params: list[str]) -> list[La
         body.pop()
     body = [g for g in body if g.param_names]
     return [*body, LayerGroup("head", list(head_params))]
+
+
+def _has_children(module: nn.Module) -> bool:
+    return any(True for _ in module.children())
+
+
+def group_modules(model: nn.Module, param_names: list[str]) -> list[str]:
+    """The modules that make up one layer group, for wrapping per group (gradient checkpointing, FSDP
+    units): the one module holding exactly its parameters, else its composite children that lie wholly
+    inside the group. Leaf layers are left out: wrapping one conv alone gains nothing."""
+    inside = set(param_names)
+    modules = dict(model.named_modules())
+    prefix = common_module_prefix(param_names)
+
+    def wholly_inside(name: str) -> bool:
+        return all(f"{name}.{n}" in inside for n, _ in modules[name].named_parameters())
+
+    if prefix and wholly_inside(prefix) and _has_children(modules[prefix]):
+        return [prefix]
+    parent = modules[prefix] if prefix else model
+    out = []
+    for child, module in parent.named_children():
+        name = f"{prefix}.{child}" if prefix else child
+        if _has_children(module) and any(True for _ in module.parameters()) and wholly_inside(name):
+            out.append(name)
+    return out

@@ -65,9 +65,29 @@ def make_optimizer(
     return factory(param_groups, lr=lr)
 
 
-def group_params(model: nn.Module, groups: Sequence[LayerGroup]) -> list[list[nn.Parameter]]:
+def group_params(
+    model: nn.Module, groups: Sequence[LayerGroup], trainable: set[str] | None = None
+) -> list[list[nn.Parameter]]:
+    """The parameters the plan switches per group: all of them, or those in ``trainable`` (a
+    strategy's :meth:`~finetunekit.strategies.Strategy.trainable_params`)."""
     params = dict(model.named_parameters())
-    return [[params[n] for n in g.param_names] for g in groups]
+    return [[params[n] for n in g.param_names if trainable is None or n in trainable] for g in groups]
+
+
+def freeze_outside(model: nn.Module, trainable: set[str] | None) -> None:
+    """Freeze, once and for the whole run, every parameter a strategy's filter leaves out (they stay in
+    the optimizer, like a frozen group's, but no plan opens them)."""
+    if trainable is None:
+        return
+    for name, p in model.named_parameters():
+        if name not in trainable:
+            p.requires_grad_(False)
+
+
+def effective_plan(plan: Plan, params_by_group: list[list[nn.Parameter]]) -> Plan:
+    """A group whose filter leaves it nothing to train is frozen (so the feature cache may cut above it,
+    and summary() says so); without a filter every group has parameters and the plan is unchanged."""
+    return [None if not params else scale for scale, params in zip(plan, params_by_group, strict=True)]
 
 
 def norm_modules_by_group(model: nn.Module, groups: Sequence[LayerGroup]) -> list[list[nn.Module]]:

@@ -4,14 +4,25 @@ A strategy is a pure plan: ``plan(n_groups, epoch) -> list[float | None]`` with 
 group, ordered input -> head; ``None`` means frozen, a float is the group's LR scale. The tuner alone
 applies a plan (``requires_grad``, BatchNorm modes, learning rates), so a strategy never touches the
 model or the optimizer and works unchanged with any schedule, checkpoint or DDP.
+
+Two optional hooks serve parameter-efficient strategies (LoRA, BitFit), which train only some parameters
+of an open group: :meth:`Strategy.trainable_params` names them (the rest of the model is frozen once, at
+construction, like a group that never opens), and :meth:`Strategy.prepare` may add parameters to the
+model before anything else sees it (LoRA's adapters), so every parameter is in the optimizer from
+``compile()`` on. Strategies that define neither behave exactly as before.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from finetunekit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from finetunekit.backbones.base import Backbone, LayerGroup
 
 Plan = list[float | None]
 
@@ -41,6 +52,15 @@ class Strategy:
     def validate(self, n_groups: int) -> None:
         """Raise a ConfigError before training when the strategy cannot apply to ``n_groups`` groups."""
         check_plan(self, self.plan(n_groups, 0), n_groups)
+
+    def prepare(self, backbone: Backbone) -> None:
+        """Change the model once, at construction, before its groups enter the optimizer (LoRA injects
+        its adapters here and renames the groups' parameters). Default: nothing."""
+
+    def trainable_params(self, model: nn.Module, groups: Sequence[LayerGroup]) -> set[str] | None:
+        """Names of the parameters that train while their group is open; None (the default): all of
+        them. Parameters outside the set stay frozen for the whole run."""
+        return None
 
     def config(self) -> dict[str, Any]:
         """A JSON-able description, saved with models and compared on resume."""
@@ -97,6 +117,16 @@ class Composed(Strategy):
     def validate(self, n_groups: int) -> None:
         for s in self.strategies:
             s.validate(n_groups)
+
+    def prepare(self, backbone: Backbone) -> None:
+        for s in self.strategies:
+            s.prepare(backbone)
+
+    def trainable_params(self, model: nn.Module, groups: Sequence[LayerGroup]) -> set[str] | None:
+        """The union of the members' sets (each names what it adds, e.g. [LoRA(), BitFit()] trains the
+        adapters, biases and norms); None when no member restricts the parameters."""
+        sets = [t for s in self.strategies if (t := s.trainable_params(model, groups)) is not None]
+        return set().union(*sets) if sets else None
 
     def config(self) -> dict[str, Any]:
         return {"name": "Composed", "strategies": [s.config() for s in self.strategies]}

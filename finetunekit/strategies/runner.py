@@ -51,7 +51,9 @@ class StrategyRunner:
         self.strategy = resolve_strategy(strategy)
         self.strategy.validate(len(self.groups))
         self.no_weight_decay = set(no_weight_decay or ())
-        self.params_by_group = _optim.group_params(model, self.groups)
+        trainable = self.strategy.trainable_params(model, self.groups)  # BitFit, LoRA: a subset
+        _optim.freeze_outside(model, trainable)
+        self.params_by_group = _optim.group_params(model, self.groups, trainable)
         self.norms_by_group = _optim.norm_modules_by_group(model, self.groups)
         self.current_plan: Plan | None = None
 
@@ -71,7 +73,7 @@ class StrategyRunner:
         """The strategy's plan for ``epoch``: per group an LR scale, or None when frozen."""
         plan = self.strategy.plan(len(self.groups), epoch)
         check_plan(self.strategy, plan, len(self.groups))
-        return plan
+        return _optim.effective_plan(plan, self.params_by_group)
 
     def begin_epoch(self, epoch: int, optimizer: torch.optim.Optimizer, train: bool = True) -> Plan:
         """Apply ``epoch``'s plan: ``requires_grad``, clearing grads and optimizer state of groups that

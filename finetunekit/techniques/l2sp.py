@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from finetunekit.errors import ConfigError
+from finetunekit.strategies.lora import delta_terms, is_adapter_param
 
 
 def _check(name: str, value: Any) -> float:
@@ -47,6 +48,7 @@ class L2SP:
         self.beta = _check("beta", beta)
         self._backbone: list[tuple[nn.Parameter, torch.Tensor]] = []
         self._head: list[nn.Parameter] = []
+        self._deltas: list[tuple[Any, list[nn.Parameter]]] = []
 
     def bind(self, tuner: Any) -> L2SP:
         """Pair each backbone parameter with its pretrained value on the model's device."""
@@ -57,7 +59,9 @@ class L2SP:
             (params[n], snapshot[n].to(params[n].device, params[n].dtype))
             for g in groups[:-1]
             for n in g.param_names
+            if not is_adapter_param(n)
         ]
+        self._deltas = delta_terms(tuner.model)  # LoRA: the merged weight's change, ||dW||^2
         self._head = [params[n] for n in groups[-1].param_names if params[n].ndim >= 2]
         return self
 
@@ -66,6 +70,7 @@ class L2SP:
         terms: list[torch.Tensor] = []
         if self.alpha:
             terms += [(self.alpha / 2) * (p - w0).pow(2).sum() for p, w0 in self._backbone if p.requires_grad]
+            terms += [(self.alpha / 2) * d().pow(2).sum() for d, ps in self._deltas if ps[0].requires_grad]
         if self.beta:
             terms += [(self.beta / 2) * p.pow(2).sum() for p in self._head if p.requires_grad]
         if not terms:

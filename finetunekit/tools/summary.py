@@ -75,21 +75,28 @@ def format_summary(
     *,
     open_ended: bool = False,
     restarts: Sequence[int] = (),
+    trains: Sequence[int] | None = None,
 ) -> str:
     """One row per layer group (name, params, BN layers) and one column per run of identical epochs;
-    the last row counts the trainable parameters of each column."""
+    the last row counts the trainable parameters of each column. ``trains``: per group, the parameters
+    that train while it is open; when a strategy trains only some (LoRA's adapters, BitFit's biases and
+    norms) they get their own column."""
     columns = epoch_ranges(plans, open_ended)
-    header = ["group", "params", "BN", *(label for label, _ in columns)]
+    sizes = [g.num_params for g in groups]
+    subset = trains is not None and list(trains) != sizes
+    counts = list(trains) if trains is not None and subset else sizes
+    header = ["group", "params", *(["trains"] if subset else []), "BN", *(label for label, _ in columns)]
     rows = []
     for i, g in enumerate(groups):
         has_bn = bool(norms_by_group[i])
         cells = [_cell(plan[i], base_lr, has_bn, strategy.train_bn) for _, plan in columns]
-        rows.append([g.name, f"{g.num_params:,}", str(len(norms_by_group[i])), *cells])
-    total = sum(g.num_params for g in groups)
+        own = [f"{counts[i]:,}"] if subset else []
+        rows.append([g.name, f"{g.num_params:,}", *own, str(len(norms_by_group[i])), *cells])
+    total = sum(sizes)
     trainable = [
-        f"{sum(g.num_params for i, g in enumerate(groups) if plan[i] is not None):,}" for _, plan in columns
+        f"{sum(c for c, s in zip(counts, plan, strict=True) if s is not None):,}" for _, plan in columns
     ]
-    rows.append(["trainable", "", "", *trainable])
+    rows.append(["trainable", "", *([""] if subset else []), "", *trainable])
     widths = [max(len(str(r[c])) for r in [header, *rows]) for c in range(len(header))]
     line = "  ".join(f"{{:<{w}}}" for w in widths)
     restarts = [r for r in restarts if 0 < r < len(plans) or open_ended]

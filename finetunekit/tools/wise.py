@@ -22,6 +22,7 @@ from torch import nn
 
 from finetunekit.backbones.snapshot import backbone_state, load_backbone_state, mix_states
 from finetunekit.errors import ConfigError
+from finetunekit.strategies.lora import wise_start
 
 DEFAULT_ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
@@ -52,7 +53,8 @@ def interpolate(tuner: Any, alpha: float, bn_data: Any = None, batch_size: int =
     """
     alpha = check_alpha(alpha)
     end = _finetuned_end(tuner)
-    load_backbone_state(tuner.model, mix_states(tuner._pretrained_state, end, alpha))
+    start = wise_start(tuner._pretrained_state, end)  # LoRA: interpolate the merged change
+    load_backbone_state(tuner.model, mix_states(start, end, alpha))
     if bn_data is not None and alpha < 1.0:
         recalibrate_batchnorm(tuner, bn_data, batch_size)
     tuner._wise_alpha = alpha

@@ -206,9 +206,13 @@ def _short_circuit(outputs: Sequence[tuple[nn.Module, Callable[[], Any]]]) -> It
                 m.forward = previous
 
 
-def prefix_cut(model: nn.Module, x: torch.Tensor, autocast: Callable[[], AbstractContextManager[Any]]) -> Cut:
+def prefix_cut(
+    model: nn.Module, x: torch.Tensor, autocast: Callable[[], AbstractContextManager[Any]], back: int = 0
+) -> Cut:
     """Find the frozen prefix from one forward pass on ``x`` (a few samples, model in the mode the cache is
-    built in). Raises NotExact when there is nothing to cut off or the cut cannot be replayed."""
+    built in). Raises NotExact when there is nothing to cut off or the cut cannot be replayed. ``back``
+    picks an earlier cut: a frozen layer that runs inside a trainable block (a LoRA layer's frozen base,
+    the norm before it) has the block's input skip past it, so the block's input is the exact cut."""
     trace = _trace(model, x, autocast)
     x_spec = spec_of(x, len(x))
     assert isinstance(x_spec, TensorSpec)
@@ -230,7 +234,9 @@ def prefix_cut(model: nn.Module, x: torch.Tensor, autocast: Callable[[], Abstrac
     cuts = [n for n in outer if _has_params(modules[n]) or n.rpartition(".")[0] not in holders]
     if not cuts:
         raise NotExact("no frozen layer runs before the first trainable one")
-    last = cuts[-1]
+    if back >= len(cuts):
+        raise NotExact("no frozen layer runs before the first trainable one")
+    last = cuts[-1 - back]
     outer = [n for n in outer if trace.end[n] <= trace.end[last]]  # later ones run live on the cut
     for name in outer:
         spec = trace.spec[name]

@@ -193,6 +193,10 @@ def run_for(tuner: Any) -> DistributedRun:
     """The tuner's DistributedRun, set up on first use: resolves ``FineTuner(distributed=...)``, starts
     the process group when needed, converts BatchNorm for ``sync_bn=True`` and makes every rank hold rank
     0's weights (heads initialised without a seed differ per rank until then)."""
+    if getattr(tuner, "distributed", None) == "fsdp":  # FSDP2 sharding: finetunekit.training.fsdp
+        from finetunekit.training.fsdp import fsdp_run
+
+        return fsdp_run(tuner)
     run: DistributedRun | None = getattr(tuner, "_distributed_run", None)
     if run is not None and (not run.active or env.is_initialized()) and run.device == tuner.device:
         return run

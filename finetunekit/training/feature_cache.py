@@ -25,6 +25,7 @@ pass of the frozen prefix, the same as one uncached epoch, so a one-epoch phase 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from itertools import groupby
@@ -36,10 +37,14 @@ from torch.utils.data import DataLoader, Subset
 
 from finetunekit.data.loaders import PerSampleSeeded
 from finetunekit.strategies import Plan
+from finetunekit.strategies.lora import has_adapters
 from finetunekit.training.cache_cuts import Cut, NotExact, head_cut, prefix_cut
 
 MAX_CACHE_BYTES = 2 * 2**30  # features above this stay uncached (e.g. huge data sets on a small GPU)
 _CHECK_SAMPLES = 8  # the exactness check runs on this many samples of the first batch
+# LoRA: the last frozen layers before the first adapter (its frozen base layer, the block's norm) run
+# inside the adapted block, whose input skips past them; the earlier cuts are tried, the first exact wins.
+_EARLIER_CUTS = 3
 DEFAULT_STATUS = (
     "decided by fit(): used while the bottom layer groups stay frozen for two epochs or more and "
     "augmentation is off"
@@ -238,7 +243,9 @@ class FeatureCache:
             candidates.append(lambda: head_cut(self.model, self._head_path))
         # traced on fewer samples than the check uses, so a recorded value that depends on the batch size
         # fails the check instead of passing it
-        candidates.append(lambda: prefix_cut(self.model, x[: max(1, len(x) // 2)], self._autocast))
+        for back in range(_EARLIER_CUTS + 1 if has_adapters(self.model) else 1):
+            candidates.append(functools.partial(prefix_cut, self.model, x[: max(1, len(x) // 2)],
+                                                self._autocast, back))  # fmt: skip
         reasons = []
         for make in candidates:
             self.model.eval()
