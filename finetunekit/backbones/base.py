@@ -69,7 +69,7 @@ class Backbone:
 
 
 def check_groups(model: nn.Module, groups: list[LayerGroup]) -> None:
-    """Assert that every parameter sits in exactly one group (DESIGN decision 1)."""
+    """Assert that every parameter sits in exactly one group (docs/backbones.md: layer groups)."""
     names = [n for n, _ in model.named_parameters()]
     seen: dict[str, str] = {}
     for g in groups:

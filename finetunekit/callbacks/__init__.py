@@ -1,6 +1,6 @@
 """Callbacks with Keras names and semantics: observe training, and stop it when asked.
 
-Strategies change how a model trains; callbacks watch it (decision 3). A callback sees ``self.tuner``
+Strategies change how a model trains; callbacks watch it. A callback sees ``self.tuner``
 (the FineTuner), ``self.model`` (its ``nn.Module``) and ``self.params``; setting
 ``self.tuner.stop_training = True`` stops after the current epoch. Logs are Python floats.
 """

@@ -50,7 +50,8 @@ class Callback:
     or ``self.tuner.stop_training = True`` stops training after the current batch. During ``fit``,
     ``self.run`` is a :class:`~finetunekit._types.RunView` of the fit in progress (position, stop,
     checkpoint state); None outside a fit. Callbacks with state worth resuming override
-    :meth:`state_dict` / :meth:`load_state_dict` with JSON-friendly values (decision 6: state is JSON).
+    :meth:`state_dict` / :meth:`load_state_dict` with JSON-friendly values
+    (checkpoints hold JSON and tensors, never pickles).
     A callback that adds keys to the epoch logs names them in :attr:`log_keys`, so EarlyStopping and the
     others accept them as ``monitor``.
     """

@@ -1,4 +1,4 @@
-"""Optimizer and RNG state as (tensors, JSON) pairs, so checkpoints need no pickle (DESIGN decision 6).
+"""Optimizer and RNG state as (tensors, JSON) pairs, so checkpoints need no pickle.
 
 ``optimizer.state_dict()`` keys parameters by position and mixes tensors with Python values; torch saves
 it with pickle. Here every tensor goes to safetensors under a key that names the parameter

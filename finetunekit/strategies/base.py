@@ -1,4 +1,4 @@
-"""Strategy: for epoch e, which layer groups train and at what LR scale (DESIGN decision 3).
+"""Strategy: for epoch e, which layer groups train and at what LR scale (docs/strategies.md).
 
 A strategy is a pure plan: ``plan(n_groups, epoch) -> list[float | None]`` with one entry per layer
 group, ordered input -> head; ``None`` means frozen, a float is the group's LR scale. The tuner alone

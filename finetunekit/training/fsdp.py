@@ -1,7 +1,7 @@
 """FSDP2 (``torch.distributed.fsdp.fully_shard``) for backbones too large to replicate on every rank.
 
 ``FineTuner(..., distributed="fsdp")`` under torchrun shards the model at ``compile()``, before the
-optimizer exists, so the optimizer holds the sharded parameters from the start (DESIGN decision 2):
+optimizer exists, so the optimizer holds the sharded parameters from the start (nothing is added mid-run):
 each rank keeps 1/N of every parameter, gradient and optimizer state; a layer group's module is one FSDP
 unit (all-gathered just before it runs, freed after), the root unit holds the rest (stem parameters,
 the head). Strategies work unchanged: freezing flips ``requires_grad`` on the sharded parameters, and
