@@ -160,7 +160,7 @@ def test_resume_is_bitwise(tmp_path: Path):
         if crash:
 
             def stop(batch: int, logs: dict) -> None:
-                if ft._run.ctx.epoch == 1 and batch == 2:
+                if ft._trainer.epoch == 1 and batch == 2:
                     raise Crash
 
             cbs.append(LambdaCallback(on_train_batch_end=stop))

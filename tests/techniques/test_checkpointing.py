@@ -106,7 +106,7 @@ def test_resume_with_checkpointing_is_bitwise(tmp_path: Path):
         if crash:
 
             def stop(batch: int, logs: dict) -> None:
-                if ft._run.ctx.epoch == 1 and batch == 1:
+                if ft._trainer.epoch == 1 and batch == 1:
                     raise Crash
 
             cbs.append(LambdaCallback(on_train_batch_end=stop))
