@@ -92,8 +92,10 @@ def build_trainer(
     sizes = preflight.probe_forward(view.model, train, device, num_classes, spec)
     preflight.check_last_batch(loader, train, sizes, list(bn_training))  # a last batch of one vs BatchNorm
     dist.seed_ranks(seed)
-    batches = num_batches(loader)
+    sized = has_length(loader)
+    batches = num_batches(loader) if sized or args.steps_per_epoch is None else args.steps_per_epoch
     steps = fit_options.check_steps_per_epoch(args.steps_per_epoch, batches)
+    take = steps if steps < batches or not sized else None  # a stream is cut at steps_per_epoch
     all_callbacks = [*args.callbacks, *dist.callbacks()]
     monitor = monitor_params(compiled.metrics, val_loader is not None, all_callbacks)  # unknown monitors
     callbacks = CallbackList(
@@ -102,7 +104,7 @@ def build_trainer(
     )  # fmt: skip
     mixing = bool(compiled.mixup or compiled.cutmix)
     disabled = feature_cache.disabled_reason(args.cache_features, dist.active, mixing)
-    if steps < batches:  # the cache holds whole passes
+    if take is not None:  # the cache holds whole passes
         disabled = disabled or f"steps_per_epoch={steps} trains on part of each pass"
     if train.sample_weights is not None:
         disabled = disabled or "fit(sample_weight=...) is given (cached batches carry no weights)"
@@ -112,9 +114,17 @@ def build_trainer(
         device=device, seed=seed, num_classes=num_classes, model_config=model_config, callbacks=callbacks,
         loader=loader, val_loader=val_loader, epochs=args.epochs, steps_per_epoch=steps, dist=dist,
         cache_reason=reason, cache_validation=val is not None and val.loader is None and ema is None,
-        validation_freq=args.validation_freq, take=steps if steps < batches else None,
+        validation_freq=args.validation_freq, take=take,
         loss_weighting=args.loss_weighting,
     )  # fmt: skip
+
+
+def has_length(loader: Any) -> bool:
+    try:
+        len(loader)
+    except TypeError:
+        return False
+    return True
 
 
 def num_batches(loader: Any) -> int:
@@ -122,6 +132,7 @@ def num_batches(loader: Any) -> int:
         return max(1, len(loader))
     except TypeError as e:
         raise ConfigError(
-            "the training DataLoader has no length (an IterableDataset?); finetunekit needs the number of "
-            "batches per epoch for LR schedules: give the dataset a __len__"
+            "the training data has no length (an IterableDataset or a generator); finetunekit needs the "
+            "number of batches per epoch for LR schedules: pass fit(steps_per_epoch=N), or give the "
+            "dataset a __len__"
         ) from e

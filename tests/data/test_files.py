@@ -10,8 +10,9 @@ from helpers import TinyNet, make_images
 from PIL import Image
 
 from finetunekit import FineTuner
+from finetunekit.callbacks import LambdaCallback
 from finetunekit.data import from_csv, from_df
-from finetunekit.errors import DataError, DataTypeError
+from finetunekit.errors import ConfigError, DataError, DataTypeError
 
 pd = pytest.importorskip("pandas")
 
@@ -125,3 +126,23 @@ def test_iterable_datasets_and_generators_are_read_in_order():
 
     assert np.allclose(ft.predict(batches, batch_size=4), expected, atol=1e-5)
     assert ft.evaluate(batches())["accuracy"] == pytest.approx(ft.evaluate(x, y)["accuracy"])
+
+
+def test_fit_on_a_generator_needs_and_honours_steps_per_epoch():
+    x, y = make_images(40, 3)
+
+    def batches():  # a generator function: called anew every epoch, endless here
+        while True:
+            for start in range(0, 40, 8):
+                yield x[start : start + 8], y[start : start + 8]
+
+    ft = _tuner()
+    with pytest.raises(ConfigError, match="steps_per_epoch"):
+        ft.fit(batches, epochs=1, verbose=0)
+    before = {k: v.clone() for k, v in ft.model.state_dict().items()}
+    seen: list[int] = []
+    count = LambdaCallback(on_train_batch_end=lambda batch, logs: seen.append(batch))
+    history = ft.fit(batches, epochs=2, steps_per_epoch=3, verbose=0, callbacks=[count])
+    assert seen == [0, 1, 2, 0, 1, 2]  # an endless stream is cut at steps_per_epoch, every epoch
+    assert len(history.history["loss"]) == 2
+    assert any(not torch.equal(before[k], v) for k, v in ft.model.state_dict().items())
