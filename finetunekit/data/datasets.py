@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from finetunekit.data.decode_cache import DecodedImages
 from finetunekit.data.labels import check_label_range, label_name
 from finetunekit.data.transforms import ImageTransform, to_chw_uint8
 from finetunekit.errors import DataError
@@ -145,25 +146,22 @@ class WrappedDataset(TransformedDataset):
 
 
 class FolderDataset(TransformedDataset):
-    """Image files decoded with PIL on access (in DataLoader workers when there are any)."""
+    """Image files, each decoded once at a reduced size and cached as uint8 (data.decode_cache), then
+    transformed on access (in DataLoader workers when there are any)."""
 
     def __init__(self, files: list[Path], labels: np.ndarray, transform: ImageTransform) -> None:
         self.files = files
         self.labels = _label_tensor(labels, len(files))
         self.transform = transform
+        self.images = DecodedImages(files, transform)
+
+    def with_transform(self, transform: ImageTransform) -> TransformedDataset:
+        twin = super().with_transform(transform)
+        twin.images = self.images.for_transform(transform)  # type: ignore[attr-defined]
+        return twin
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> Sample:
-        from PIL import Image, UnidentifiedImageError
-
-        path = self.files[index]
-        try:
-            with Image.open(path) as image:
-                image.load()
-                tensor = to_chw_uint8(image, self.transform.in_chans, str(path))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(f"could not decode image file {path} ({exc}); remove or replace it.") from exc
-        assert tensor is not None  # PIL images are always uint8 here
-        return self.transform(tensor), self.labels[index]
+        return self.transform(self.images[index]), self.labels[index]

@@ -156,7 +156,7 @@ def make_loader(
         num_workers=workers,
         generator=generator,
         pin_memory=torch.cuda.is_available(),
-        # Not persistent: each epoch's workers are seeded from that epoch's draw of ``generator`` (per
-        # worker and epoch), which is what makes augmentation in workers reproducible across a resume.
-        persistent_workers=False,
+        # Persistent: workers start once per loader, not once per epoch (each start re-imports and
+        # re-seeds; folders of images keep their decode cache in shared memory either way).
+        persistent_workers=workers > 0,
     )
