@@ -39,7 +39,7 @@ from finetunekit.techniques.mixing import check_mix_alpha
 from finetunekit.tools import learning_curve as _lc
 from finetunekit.tools import wise
 from finetunekit.tools.summary import format_summary
-from finetunekit.training import feature_cache, loop, nonfinite, preflight
+from finetunekit.training import feature_cache, frozen_defaults, loop, nonfinite, preflight
 from finetunekit.training.compile_config import CompileConfig, resolve_loss
 from finetunekit.training.determinism import deterministic_mode
 from finetunekit.training.distributed import run_for
@@ -134,6 +134,7 @@ class FineTuner(FitMixin):
         self._norms_by_group = norm_modules_by_group(self.model, built.groups)
         self._ema: WeightEMA | None = None
         self._feature_cache: feature_cache.FeatureCache | None = None
+        self._augment_choice: frozen_defaults.AugmentChoice | None = None
         self._stepper: Stepper | None = None
         # Starting point for L2-SP, WiSE-FT, RetentionMonitor, learning_curve: one CPU copy of the backbone.
         self._pretrained_state = backbone_state(self.model, built.head_path)
@@ -267,7 +268,7 @@ class FineTuner(FitMixin):
         validation_data: Any = None,
         shuffle: bool = True,
         initial_epoch: int = 0,
-        augment: bool = True,
+        augment: bool | str = True,
         deterministic: bool = False,
         num_workers: int | None = None,
         cache_features: bool = True,
@@ -286,7 +287,10 @@ class FineTuner(FitMixin):
         ``num_workers``: DataLoader worker processes (None: in-process for in-memory data, a few for image
         files). ``cache_features``: while the bottom layer groups stay frozen (FrozenBackbone, LPFT's
         probe, GradualUnfreeze's early phases) and nothing is augmented, run them once and train the
-        rest on their cached outputs (same results; see summary() and docs/performance.md).
+        rest on their cached outputs (same results; see summary() and docs/performance.md). ``augment``:
+        True (default) augments, except that when only the head trains in every epoch it trains on
+        un-augmented, cached features (the linear-probe choice; said in the log and summary());
+        "always" augments every epoch, frozen or not; False never.
         """
         verbose = check_fit_args(batch_size, epochs, initial_epoch, validation_split, verbose)
         if self._compiled is None:
@@ -294,8 +298,15 @@ class FineTuner(FitMixin):
         assert self._compiled is not None and self.optimizer is not None
         if self.seed is not None:
             seed_everything(self.seed)
-        train, val = self._fit_data(x, y, validation_split, validation_data, augment)
         dist = run_for(self)  # [distributed] DDP / sharding when launched by torchrun; else pass-through
+        mixing = bool(self._compiled.mixup or self._compiled.cutmix)
+        disabled = feature_cache.disabled_reason(cache_features, dist.active, mixing)
+        self._augment_choice = frozen_defaults.choose_augment(  # a frozen backbone: cached, un-augmented
+            augment, [self.plan(e) for e in range(initial_epoch, epochs)], x, cache_off=disabled,
+            train_bn=self.strategy.train_bn,
+        )  # fmt: skip
+        frozen_defaults.announce(self._augment_choice, verbose)
+        train, val = self._fit_data(x, y, validation_split, validation_data, self._augment_choice.augment)
         loader = dist.train_loader(train, batch_size, shuffle, self.seed, num_workers=num_workers)
         val_loader = dist.eval_loader(val, batch_size, num_workers=num_workers) if val else None
         preflight.check_same_classes(train, val)
@@ -309,8 +320,6 @@ class FineTuner(FitMixin):
         )  # fmt: skip
         restarts = self.strategy.schedule_restarts(len(self._backbone.groups))
         self._stepper = Stepper(self._compiled.compute, self.model, self.device, self._ema)
-        mixing = bool(self._compiled.mixup or self._compiled.cutmix)
-        disabled = feature_cache.disabled_reason(cache_features, dist.active, mixing)
         self._new_feature_cache(loader, train, val, disabled)
         self._run = FitRun(None, cbs, loader, epochs, steps, restarts, dist)
         self._use_schedule_phase(initial_epoch)
@@ -460,6 +469,7 @@ class FineTuner(FitMixin):
             open_ended=not known, restarts=self.strategy.schedule_restarts(n_groups),
         )  # fmt: skip
         text = f"{text}\nfeature cache: {feature_cache.cache_status(self._feature_cache)}"
+        text += frozen_defaults.summary_line(self._augment_choice)
         gaps = gap_line(self.history)
         return text if gaps is None else f"{text}\ntrain/validation gap, {gaps}"
 
