@@ -23,10 +23,11 @@ epochs augment the stored uint8 pixels (torchvision v2 on tensors, as for in-mem
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -98,13 +99,23 @@ def settings() -> DecodeSettings:
     return _settings
 
 
+MIN_CROP_SCALE = 0.35  # ImageTransform's RandomResizedCrop(scale=(0.35, 1)): its smallest crop's area
+
+
 @dataclass(frozen=True)
 class DecodeTarget:
-    """What files decode to: ``in_chans`` channels and either ``short_side`` (aspect kept; 0: unused) or
-    exactly ``exact`` = (H, W)."""
+    """What files decode to: ``in_chans`` channels and either exactly ``exact`` = (H, W), or (augmenting)
+    a short side between ``min_side`` and ``short_side``, aspect kept.
+
+    ``min_side`` is what the smallest crop needs to be cut at the training size without upsampling
+    (training size / sqrt(0.35), 1.7x); JPEG's draft may stop anywhere from there, so a 640x480 file
+    decodes at 1/4 scale (160x120) for 64 px training; larger results are resized to ``short_side``
+    (2x the training size).
+    """
 
     in_chans: int
     short_side: int
+    min_side: int
     exact: tuple[int, int] | None
     resample: str
 
@@ -113,29 +124,45 @@ class DecodeTarget:
         interpolation = transform.data_config.interpolation
         resample = interpolation if interpolation in ("bicubic", "nearest") else "bilinear"
         if transform.augment:
-            return DecodeTarget(transform.in_chans, 2 * max(transform.size), None, resample)
-        return DecodeTarget(transform.in_chans, 0, transform.size, resample)
-
-    def shape(self, width: int, height: int) -> tuple[int, int]:
-        """(H, W) a file of upright size ``width`` x ``height`` decodes to (never upscaled when augmenting:
-        RandomResizedCrop resizes its crop to the training size anyway)."""
-        if self.exact is not None:
-            return self.exact
-        short = min(width, height)
-        if short <= self.short_side:
-            return height, width
-        scale = self.short_side / short
-        return max(1, round(height * scale)), max(1, round(width * scale))
+            size = max(transform.size)
+            min_side = math.ceil(size / math.sqrt(MIN_CROP_SCALE))
+            return DecodeTarget(transform.in_chans, 2 * size, min_side, None, resample)
+        return DecodeTarget(transform.in_chans, 0, 0, transform.size, resample)
 
 
-def _upright_size(image: Any) -> tuple[int, int]:
-    """(width, height) as shown, i.e. after the EXIF orientation; read from the header only."""
-    width, height = image.size
+class _Plan(NamedTuple):
+    """How one file becomes the target's pixels: EXIF orientation, integer ``reduce`` factor after the
+    draft, and the final (H, W)."""
+
+    orientation: int
+    factor: int
+    shape: tuple[int, int]
+
+
+def _plan(image: Any, target: DecodeTarget) -> _Plan:
+    """Apply the JPEG draft to ``image`` (opened, not loaded: header only) and plan the rest. Used both to
+    lay out the cache and to decode, so the two always agree."""
+    orientation = _orientation(image)
+    swapped = orientation in _SWAPS_AXES
+    need_h, need_w = target.exact if target.exact is not None else (target.min_side, target.min_side)
+    image.draft("L" if target.in_chans == 1 else "RGB", (need_h, need_w) if swapped else (need_w, need_h))
+    width, height = image.size[::-1] if swapped else image.size  # upright, after the draft
+    factor = max(1, min(width // need_w, height // need_h))
+    width, height = -(-width // factor), -(-height // factor)  # what Image.reduce returns
+    if target.exact is not None:
+        return _Plan(orientation, factor, target.exact)
+    short = min(width, height)
+    if short <= target.short_side:
+        return _Plan(orientation, factor, (height, width))
+    scale = target.short_side / short
+    return _Plan(orientation, factor, (max(1, round(height * scale)), max(1, round(width * scale))))
+
+
+def _orientation(image: Any) -> int:
     try:
-        orientation = image.getexif().get(_ORIENTATION_TAG, 1)
+        return int(image.getexif().get(_ORIENTATION_TAG, 1))
     except Exception:  # a broken EXIF block: PIL's exif_transpose ignores it too
-        orientation = 1
-    return (height, width) if orientation in _SWAPS_AXES else (width, height)
+        return 1
 
 
 def _resample(name: str) -> Any:
@@ -147,7 +174,9 @@ def _resample(name: str) -> Any:
 
 
 def decode_image(path: Path, target: DecodeTarget) -> torch.Tensor:
-    """One file -> uint8 C×H×W at ``target``'s size: draft (JPEG) or reduce, upright, one resize.
+    """One file -> uint8 C×H×W at ``target``'s size: draft (JPEG: DCT-domain scaling), upright, integer
+    ``reduce``, then one antialiased resize when needed (bilinear to the short side when augmenting,
+    since crops resample again; the backbone's interpolation to the exact size otherwise).
 
     The only place files become pixels, so cached and uncached samples are identical.
     """
@@ -155,17 +184,14 @@ def decode_image(path: Path, target: DecodeTarget) -> torch.Tensor:
 
     try:
         with Image.open(path) as image:
-            width, height = _upright_size(image)
-            out_h, out_w = target.shape(width, height)
-            swapped = (width, height) != image.size
-            request = (out_h, out_w) if swapped else (out_w, out_h)
-            image.draft("L" if target.in_chans == 1 else "RGB", request)  # no-op unless JPEG
-            upright = ImageOps.exif_transpose(image)
-            factor = min(upright.width // out_w, upright.height // out_h)
-            if factor >= 2:
-                upright = upright.reduce(factor)
+            plan = _plan(image, target)
+            upright = ImageOps.exif_transpose(image) if plan.orientation != 1 else image
+            if plan.factor >= 2:
+                upright = upright.reduce(plan.factor)
+            out_h, out_w = plan.shape
             if upright.size != (out_w, out_h):
-                upright = upright.resize((out_w, out_h), _resample(target.resample))
+                resample = target.resample if target.exact is not None else "bilinear"
+                upright = upright.resize((out_w, out_h), _resample(resample))
             tensor = to_chw_uint8(upright, target.in_chans, str(path))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"could not decode image file {path} ({exc}); remove or replace it.") from exc
@@ -178,20 +204,20 @@ def _file_key(path: Path) -> tuple[int, int]:
     return stat.st_size, stat.st_mtime_ns
 
 
-def read_headers(files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
-    """(upright (width, height) per file, (size, mtime_ns) per file), from headers only: no pixels."""
+def planned_shapes(files: list[Path], target: DecodeTarget) -> np.ndarray:
+    """(H, W) each file decodes to, from headers only (no pixels are decoded)."""
     from PIL import Image
 
-    sizes = np.empty((len(files), 2), dtype=np.int64)
-    keys = np.empty((len(files), 2), dtype=np.int64)
+    if target.exact is not None:  # every file decodes to the training size: no header needed
+        return np.tile(np.array(target.exact, dtype=np.int64), (len(files), 1))
+    shapes = np.empty((len(files), 2), dtype=np.int64)
     for i, path in enumerate(files):
         try:
             with Image.open(path) as image:
-                sizes[i] = _upright_size(image)
-            keys[i] = _file_key(path)
+                shapes[i] = _plan(image, target).shape
         except (OSError, SyntaxError, ValueError) as exc:
             raise DataError(f"could not read image file {path} ({exc}); remove or replace it.") from exc
-    return sizes, keys
+    return shapes
 
 
 def _digest(files: list[Path], shapes: np.ndarray, target: DecodeTarget) -> str:
@@ -224,26 +250,17 @@ class DecodedImages:
         config = settings()
         self.store: PixelStore | None = None
         if config.enabled:
-            shapes = self._planned_shapes()
+            shapes = planned_shapes(files, self.target)
             digest = _digest(files, shapes, self.target)
-            keys = self._header("keys")
+            keys = self._keys()
             self.store = open_store(
                 digest, shapes, self.target.in_chans, keys, config.memory_budget, config.folder
             )
 
-    def _header(self, name: str) -> np.ndarray:
-        if name not in self._headers:
-            if name == "sizes":
-                self._headers["sizes"], self._headers["keys"] = read_headers(self.files)
-            else:
-                self._headers["keys"] = np.array([_file_key(p) for p in self.files], dtype=np.int64)
-        return self._headers[name]
-
-    def _planned_shapes(self) -> np.ndarray:
-        if self.target.exact is not None:  # every file decodes to the training size: no header needed
-            return np.tile(np.array(self.target.exact, dtype=np.int64), (len(self.files), 1))
-        sizes = self._header("sizes")
-        return np.array([self.target.shape(int(w), int(h)) for w, h in sizes], dtype=np.int64)
+    def _keys(self) -> np.ndarray:
+        if "keys" not in self._headers:  # shared with twins: one stat per file
+            self._headers["keys"] = np.array([_file_key(p) for p in self.files], dtype=np.int64)
+        return self._headers["keys"]
 
     def for_transform(self, transform: ImageTransform) -> DecodedImages:
         """The images for another transform (a validation twin decodes to the training size)."""

@@ -65,7 +65,8 @@ def test_cached_pixels_equal_a_fresh_decode_at_the_reduced_size(tmp_path, suffix
     fresh = [decode_cache.decode_image(f, train.images.target) for f in files]
     for a, b, c in zip(first, again, fresh, strict=True):
         assert a.dtype == torch.uint8 and torch.equal(a, b) and torch.equal(a, c)
-    # augmenting: the short side is twice the 16 px training size, the aspect ratio kept (96x72 -> 43x32)
+    # augmenting: a short side from 28 (16 px / sqrt(0.35)) to 32 (2x), aspect kept: 96x72 -> 48x36
+    # (JPEG draft at 1/2, PNG reduce(2)) -> resized to 43x32
     assert tuple(first[0].shape) == (3, 32, 43)
     val = train.with_transform(train.transform.with_augment(False))
     assert tuple(val.images[0].shape) == (3, 16, 16)  # not augmenting: exactly the training size
@@ -75,11 +76,13 @@ def test_cached_pixels_equal_a_fresh_decode_at_the_reduced_size(tmp_path, suffix
 def test_reduced_decode_is_close_to_a_full_decode_then_resize(tmp_path):
     from PIL import Image
 
-    files = write_files(tmp_path, n=1, size=(640, 480))  # JPEG: decoded through draft at 1/2 scale
-    target = decode_cache.DecodeTarget(3, 32, None, "bilinear")
+    files = write_files(tmp_path, n=1, size=(640, 480))
+    target = decode_cache.DecodeTarget(3, short_side=32, min_side=28, exact=None, resample="bilinear")
     reduced = decode_cache.decode_image(files[0], target).float()
+    # JPEG draft at 1/8 (80x60), then reduce(2): 40x30, between min_side and short_side, so kept
+    assert tuple(reduced.shape) == (3, 30, 40)
     with Image.open(files[0]) as image:
-        full = np.asarray(image.convert("RGB").resize((43, 32), Image.Resampling.BILINEAR))
+        full = np.asarray(image.convert("RGB").resize((40, 30), Image.Resampling.BOX))
     reference = torch.from_numpy(full.copy()).permute(2, 0, 1).float()
     assert reduced.shape == reference.shape
     assert (reduced - reference).abs().mean() < 4.0  # of 255: the same picture
@@ -206,3 +209,16 @@ def test_bad_settings_and_bad_files_name_the_value(tmp_path):
     (tmp_path / "file-not-folder").write_text("x")
     with pytest.raises(ConfigError, match=r"file-not-folder.*configure\(folder="):
         dataset(write_files(tmp_path / "img", n=1), augment=True)
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+@pytest.mark.parametrize("size", [(640, 480), (1600, 1200), (30, 20), (333, 101)])
+def test_the_planned_layout_is_what_decoding_gives(tmp_path, suffix, size):
+    files = write_files(tmp_path, n=1, suffix=suffix, size=size)
+    for augment in (True, False):
+        target = decode_cache.DecodeTarget.for_transform(ImageTransform(CFG, 3, augment))
+        planned = tuple(decode_cache.planned_shapes(files, target)[0])
+        decoded = decode_cache.decode_image(files[0], target)
+        assert (3, *planned) == tuple(decoded.shape)
+        if augment:  # enough pixels for the smallest crop, never more than twice the training size
+            assert target.min_side <= min(planned) <= target.short_side or min(planned) == min(size)
