@@ -244,6 +244,8 @@ class DecodedImages:
         transform: ImageTransform,
         headers: dict[str, np.ndarray] | None = None,
     ) -> None:
+        import torchvision.transforms.v2  # noqa: F401  # now, so forked workers inherit it (seconds each)
+
         self.files = files
         self.target = DecodeTarget.for_transform(transform)
         self._headers: dict[str, np.ndarray] = {} if headers is None else headers  # shared with twins
