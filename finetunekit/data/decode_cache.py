@@ -4,13 +4,13 @@ Decoding a photo costs far more than training a small model on it at 64-224 px: 
 ~3.7 ms to decode at full size. So every file is decoded **once**, straight to a reduced size, and later
 epochs augment the stored uint8 pixels (torchvision v2 on tensors, as for in-memory arrays):
 
-- **Reduced size.** Augmenting: the short side becomes twice the training size (aspect kept), enough
-  pixels for RandomResizedCrop's crops at full sharpness; not augmenting (validation, evaluate,
-  predict): exactly the training size. JPEGs get there through PIL's ``draft`` (the decoder scales in
-  the DCT domain by 1/2, 1/4 or 1/8: 3x faster at 64 px), other formats through ``reduce`` (integer
-  box filter), then one antialiased resize to the planned size. :func:`decode_image` is the one
-  function that turns a file into pixels, and it gives the same pixels whether the result is then
-  cached or not, so results never depend on the cache.
+- **Reduced size.** Augmenting: a short side from what the smallest RandomResizedCrop needs at the
+  training resolution (training size / sqrt(0.35), 1.7x) to 2x the training size, aspect kept; not
+  augmenting (validation, evaluate, predict): exactly the training size. JPEGs get there through PIL's
+  ``draft`` (the decoder scales in the DCT domain by 1/2, 1/4 or 1/8), other formats through
+  ``reduce`` (integer box filter), then one antialiased resize when still too large. :func:`decode_image`
+  is the one function that turns a file into pixels, and it gives the same pixels whether the result
+  is then cached or not, so results never depend on the cache.
 - **Where.** In memory (an anonymous shared mapping that forked DataLoader workers write into and every
   process reads) while the decoded set fits the memory budget, else a memory-mapped file in the cache
   folder that later runs reuse. Each entry is keyed by the file's (path, size, mtime): a changed file
