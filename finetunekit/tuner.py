@@ -43,7 +43,16 @@ from finetunekit.techniques.checkpointing import set_grad_checkpointing
 from finetunekit.tools import learning_curve as _lc
 from finetunekit.tools import wise
 from finetunekit.tools.calibrate import check_temperature, with_temperature
-from finetunekit.training import compile_config, feature_cache, fit_options, fsdp, inference, preflight, setup
+from finetunekit.training import (
+    compile_config,
+    feature_cache,
+    fit_options,
+    frozen_defaults,
+    fsdp,
+    inference,
+    preflight,
+    setup,
+)
 from finetunekit.training.compile_config import CompileConfig
 from finetunekit.training.compute import Compute, ComputeConfig
 from finetunekit.training.determinism import deterministic_mode, seed_everything
@@ -152,6 +161,7 @@ class FineTuner:
         self._norms_by_group = norm_modules_by_group(self.model, built.groups)
         self._ema: Any = None  # finetunekit.training.ema.WeightEMA when compile(ema_decay=...)
         self._compute: Compute | None = None  # the one forward path, set by compile()
+        self._augment_choice: frozen_defaults.AugmentChoice | None = None  # the last fit's, for summary()
         # The strategy applies from construction, as fastai's vision_learner freezes at creation.
         for scale, params in zip(self.plan(0), self._params_by_group, strict=True):
             for p in params:
@@ -267,7 +277,10 @@ class FineTuner:
         in-process for in-memory data, a few for image files); augmentation is seeded per sample, so it
         does not change results. ``cache_features``: while the bottom groups stay frozen and nothing is
         augmented, run them once and train the rest on cached outputs (docs/performance.md).
-        ``steps_per_epoch``: train each epoch on the first N batches of its (reshuffled) pass, as Keras;
+        ``augment=True`` while only the head trains in every epoch (FrozenBackbone) trains it on
+        un-augmented, cached features (the linear-probe choice; said in the log and summary());
+        ``augment="always"`` augments every epoch, frozen or not. ``steps_per_epoch``: train each epoch
+        on the first N batches of its (reshuffled) pass, as Keras;
         ``validation_freq``: validate every N epochs, or after the listed 1-based epochs.
 
         Data and tasks (docs/data.md, docs/tasks.md): ``augment`` is True/False, a preset ("light",
@@ -287,8 +300,11 @@ class FineTuner:
             seed_everything(self.seed)
         dist = run_for(self)  # [distributed] DDP / sharding when launched by torchrun; else pass-through
         imbalance = Imbalance(class_weight, sample_weight, sampling_weights, self.num_classes, self.task)
+        self._augment_choice = self._choose_augment(augment, x, initial_epoch, epochs, cache_features,
+                                                    dist.active, sample_weight, steps_per_epoch)  # fmt: skip
+        frozen_defaults.announce(self._augment_choice, verbose)
         train, val = setup.fit_data(self._prepare, x, y, validation_split=validation_split,
-                                    validation_data=validation_data, augment=augment,
+                                    validation_data=validation_data, augment=self._augment_choice.augment,
                                     split_seed=lambda: dist.shared_seed(self.seed),
                                     attach=imbalance.attach)  # fmt: skip
         self._compiled.metrics.threshold = self._threshold
@@ -317,6 +333,19 @@ class FineTuner:
             self._trainer, self._last_fit = None, trainer.outcome()
         self.history = trainer.callbacks.history
         return trainer.callbacks.history
+
+    def _choose_augment(self, augment: Any, x: Any, first: int, epochs: int, cache_features: bool,
+                        ddp: bool, sample_weight: Any, steps_per_epoch: int | None) -> Any:  # fmt: skip
+        """fit's augmentation: ``augment=True`` while only the head trains means cached, un-augmented
+        features when the cache can run (training.frozen_defaults)."""
+        assert self._compiled is not None
+        mixing = bool(self._compiled.mixup or self._compiled.cutmix)
+        cache_off = feature_cache.disabled_reason(cache_features, ddp, mixing)
+        if sample_weight is not None or steps_per_epoch is not None:
+            cache_off = cache_off or "per-sample weights or a partial pass"
+        plans = [self.plan(e) for e in range(first, epochs)]
+        return frozen_defaults.choose_augment(augment, plans, x, cache_off=cache_off,
+                                              train_bn=self.strategy.train_bn)  # fmt: skip
 
     def _model_view(self) -> ModelView:
         """What a Trainer needs of the model: plans, layer-group params and norms, the head."""
@@ -492,9 +521,10 @@ class FineTuner:
         base_lr = self._compiled.lr if self._compiled else None
         restarts = self.strategy.schedule_restarts(n_groups)
         trains = [sum(p.numel() for p in ps) for ps in self._params_by_group]
-        return assembly.summary_text(self.spec, self.groups, plans, base_lr, self.strategy,
+        text = assembly.summary_text(self.spec, self.groups, plans, base_lr, self.strategy,
                                      self._norms_by_group, not known, restarts, status, self.history,
                                      trains=trains, checkpointing=self._checkpointing)  # fmt: skip
+        return text + frozen_defaults.summary_line(self._augment_choice)
 
     def interpolate(self, alpha: float, bn_data: Any = None) -> FineTuner:
         """WiSE-FT: set the backbone to ``(1 - alpha) * pretrained + alpha * fine-tuned``; keep the head.

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from finetunekit.data.decode_cache import DecodedImages
 from finetunekit.data.labels import check_label_range, label_name
 from finetunekit.data.targets import item_target
 from finetunekit.data.transforms import ImageTransform, to_chw_uint8
@@ -168,17 +169,22 @@ class WrappedDataset(TransformedDataset):
 
 
 class FolderDataset(TransformedDataset):
-    """Image files decoded with PIL on access (in DataLoader workers when there are any)."""
+    """Image files, each decoded once at a reduced size and cached as uint8 (data.decode_cache), then
+    transformed on access (in DataLoader workers when there are any)."""
 
     def __init__(self, files: list[Path], labels: np.ndarray, transform: ImageTransform) -> None:
         self.files = files
         self.labels = _label_tensor(labels, len(files))
         self.transform = transform
+        self.images = DecodedImages(files, transform)
+
+    def with_transform(self, transform: ImageTransform) -> TransformedDataset:
+        twin = super().with_transform(transform)
+        twin.images = self.images.for_transform(transform)  # type: ignore[attr-defined]
+        return twin
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> Sample:
-        from finetunekit.data.images import load_image  # EXIF orientation, 16-bit scaling
-
-        return self.transform(load_image(self.files[index], self.transform.in_chans)), self.labels[index]
+        return self.transform(self.images[index]), self.labels[index]

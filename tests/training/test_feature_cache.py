@@ -204,7 +204,7 @@ def test_mixup_switches_it_off_and_says_why():
 
 
 def test_augmentation_switches_it_off():
-    ft, _ = _fit(True, augment=True)
+    ft, _ = _fit(True, augment="always")  # augment=True would train a frozen backbone's head un-augmented
     assert "feature cache: off: augmentation is on" in ft.summary()
 
 
