@@ -3,11 +3,12 @@
 A frozen backbone with a trainable head is a linear probe. The linear-probe literature (SimCLR, MoCo,
 CLIP, DINOv2 report probes on un-augmented features) trains it on the features of the plain images, and
 measured here it is also the better use of time: un-augmented images map to the same features every
-epoch, so the feature cache runs the backbone once and every later epoch trains only the head (98x
-faster than a plain frozen loop on CPU, docs/performance.md), at the same or better accuracy than
-augmented, uncached epochs. So when every epoch of a fit trains only the head and the cache can run,
-``fit(augment=True)`` (the default) trains on un-augmented images; ``fit(augment="always")`` keeps
-augmenting (and the cache stays off). The choice is said once in the fit log and in ``summary()``.
+epoch, so the feature cache runs the backbone once and every later epoch trains only the head (72x
+faster than a plain frozen loop on CPU), and on digits with ImageNet Lite0 weights it reached 0.752 test
+accuracy against 0.608 for augmented, uncached epochs (three seeds; docs/performance.md). So when
+every epoch of a fit trains only the head and the cache can run, ``fit(augment=True)`` (the default)
+trains on un-augmented images; ``fit(augment="always")`` keeps augmenting (and the cache stays off).
+The choice is said once in the fit log and in ``summary()``.
 
 Fits where more than the head trains in some epoch (full fine-tuning, ``LPFT``'s second phase,
 ``GradualUnfreeze`` once a group opens) augment as asked: augmentation is set per fit, not per epoch.
