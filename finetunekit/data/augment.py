@@ -73,9 +73,9 @@ class Augment:
 
 def _unknown(value: Any) -> str:
     return (
-        f"augment={value!r} is unknown; expected True/False, one of {list(PRESETS)}, a timm auto_augment "
-        "string such as 'rand-m9-mstd0.5', finetunekit.data.augment.Augment(...), or a torchvision v2 "
-        "transform."
+        f"augment={value!r} is unknown; expected True/False, 'always' (augment frozen-backbone epochs too), "
+        f"one of {list(PRESETS)}, a timm auto_augment string such as 'rand-m9-mstd0.5', "
+        "finetunekit.data.augment.Augment(...), or a torchvision v2 transform."
     )
 
 

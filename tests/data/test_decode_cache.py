@@ -106,7 +106,7 @@ def test_workers_fill_one_shared_cache_and_later_epochs_read_it(tmp_path):
     data = dataset(files, augment=False)
     prepared = PreparedData(data, None, data.labels.numpy(), None, len(files))
     loader = make_loader(prepared, batch_size=4, shuffle=True, seed=0, num_workers=2)
-    assert loader.persistent_workers
+    assert not loader.persistent_workers  # each epoch's workers get the dataset with that epoch set
     first = torch.cat([x for x, _ in loader])
     assert data.images.store.filled_count() == 8  # written by the workers, visible here
     second = torch.cat([x for x, _ in loader])
@@ -115,14 +115,18 @@ def test_workers_fill_one_shared_cache_and_later_epochs_read_it(tmp_path):
     torch.testing.assert_close(torch.cat([x for x, _ in in_process]), first, rtol=0, atol=0)
 
 
-def test_persistent_workers_still_augment_differently_each_epoch_and_reproducibly(tmp_path):
+def test_workers_augment_differently_each_epoch_and_reproducibly(tmp_path):
     files = write_files(tmp_path, n=4)
 
     def two_epochs() -> list[torch.Tensor]:
         data = dataset(files, augment=True)
         prepared = PreparedData(data, None, data.labels.numpy(), None, len(files))
         loader = make_loader(prepared, batch_size=2, shuffle=False, seed=3, num_workers=2)
-        return [torch.cat([x for x, _ in loader]) for _ in range(2)]
+        epochs = []
+        for epoch in range(2):
+            loader.dataset.set_epoch(epoch)  # as fit does: augmentation is seeded by (seed, epoch, index)
+            epochs.append(torch.cat([x for x, _ in loader]))
+        return epochs
 
     first = two_epochs()
     assert not torch.equal(first[0], first[1])  # new crops every epoch, from the same cached pixels
