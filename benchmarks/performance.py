@@ -102,7 +102,7 @@ class PlainRun:
         self.mode, self.n_epochs = mode, 0
         self.groups = [set(g.param_names) for g in built.groups]
         self.bn_names = {
-            n for n, m in self.model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            n for n, m in self.model.named_modules() if isinstance(m, nn.BatchNorm2d)
         }
         self._open_groups(len(self.groups) if mode == "full" else 1)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=args.lr, weight_decay=0.01)

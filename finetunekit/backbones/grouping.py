@@ -14,6 +14,8 @@ from typing import Any
 
 from torch import nn
 
+from finetunekit._norms import NORMS
+
 from .base import LayerGroup
 
 MATCH_PREV = 99999.0
@@ -93,7 +95,7 @@ def _unique(labels: list[str]) -> list[str]:
     return out
 
 
-_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)
+_NORMS = NORMS
 
 
 def _stage_containers(model: nn.Module) -> set[str]:

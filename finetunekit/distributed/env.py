@@ -148,10 +148,18 @@ def _restart_safe_store(timeout: timedelta | None) -> Any:
     return dist.PrefixStore(f"finetunekit/attempt_{attempt}", store)
 
 
-def shutdown() -> None:
-    """Destroy the process group if finetunekit created it (registered at exit); else do nothing."""
+def shutdown(wait_for_peers: bool = True) -> None:
+    """Destroy the process group if finetunekit created it (registered at exit); else do nothing.
+
+    At a normal exit every rank first meets the others in a barrier: a rank that tears its gloo
+    connections down while a peer still uses them (the peer writing its save, say) makes that peer's
+    process abort at exit ("terminate called without an active exception"). ``abort`` skips the wait.
+    """
     global _owned, _control_group
     if _owned and is_initialized():
+        if wait_for_peers and dist.get_world_size() > 1:
+            with contextlib.suppress(Exception):  # a peer that failed must not keep this one waiting
+                dist.monitored_barrier(control_group(), timeout=timedelta(seconds=60))
         _control_group = None
         dist.destroy_process_group()
     _owned = False
@@ -161,7 +169,7 @@ def abort() -> None:
     """Tear our process group down at once after a failure on this rank, so peers blocked in a
     collective get an error now instead of at the timeout. A user's group is left to the user."""
     with contextlib.suppress(Exception):  # a broken group may refuse a clean destroy; we are failing
-        shutdown()
+        shutdown(wait_for_peers=False)
 
 
 def control_group() -> Any:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from finetunekit._norms import BATCH_NORMS
 from finetunekit.backbones.base import LayerGroup
 from finetunekit.errors import ConfigError
 from finetunekit.strategies.base import Plan
@@ -96,7 +97,7 @@ def norm_modules_by_group(model: nn.Module, groups: Sequence[LayerGroup]) -> lis
     owner = {n: i for i, g in enumerate(groups) for n in g.param_names}
     out: list[list[nn.Module]] = [[] for _ in groups]
     for name, module in model.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if isinstance(module, BATCH_NORMS):
             index = _owner_of(name, owner)
             if index is not None:
                 out[index].append(module)

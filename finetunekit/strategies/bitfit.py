@@ -16,14 +16,13 @@ from typing import Any
 
 from torch import nn
 
+from finetunekit._norms import NORMS
 from finetunekit.backbones.base import LayerGroup
 from finetunekit.errors import ConfigError
 from finetunekit.strategies.base import Plan, Strategy
 
 NORM_TYPES: tuple[type[nn.Module], ...] = (
-    nn.modules.batchnorm._NormBase,
-    nn.LayerNorm,
-    nn.GroupNorm,
+    *NORMS,
     nn.LocalResponseNorm,
     *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
 )

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
 
+from finetunekit._norms import BATCH_NORMS
 from finetunekit.backbones.snapshot import backbone_state, load_backbone_state, mix_states
 from finetunekit.errors import ConfigError
 from finetunekit.strategies.lora import wise_start
@@ -71,7 +71,7 @@ def recalibrate_batchnorm(tuner: Any, x: Any, batch_size: int = 64) -> int:
     """
     from finetunekit.data import make_loader
 
-    norms = [m for m in tuner.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms: list[Any] = [m for m in tuner.model.modules() if isinstance(m, BATCH_NORMS)]
     if not norms:
         return 0
     data = tuner._prepare(x, None, augment=False, what="bn_data", require_labels=False)

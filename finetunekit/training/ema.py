@@ -40,8 +40,8 @@ class WeightEMA(ModelEmaV3):
         self.updates += 1
         trainable = [(e, p) for e, p in self._param_pairs if p.requires_grad]
         for pairs in (trainable, self._float_buffers):
-            if pairs:
-                torch._foreach_lerp_([e for e, _ in pairs], [v.detach() for _, v in pairs], weight)
+            for averaged, value in pairs:  # per tensor: torch's fused _foreach_lerp_ is private
+                averaged.lerp_(value.detach(), weight)
 
     def training_state(self) -> dict[str, Any]:
         """What a checkpoint keeps: the averaged weights and the update count."""

@@ -46,14 +46,13 @@ def _device_skippable(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> b
 
 def snapshot_buffers(state: LoopState) -> list[torch.Tensor]:
     """BatchNorm statistics before the forward pass: a non-finite batch must not leave them NaN either.
-    Buffers are small (two vectors per norm layer); they are copied into storage allocated once per fit,
-    with one fused ``_foreach_copy_`` (a single kernel launch on GPU)."""
+    Buffers are small (two vectors per norm layer); they are copied into storage allocated once per fit."""
     buffers = [b.detach() for b in state.model.buffers()]
     backup = state.buffer_backup
     if backup is None or len(backup) != len(buffers):
         backup = state.buffer_backup = [torch.empty_like(b) for b in buffers]
-    if buffers:
-        torch._foreach_copy_(backup, buffers)
+    for saved, buffer in zip(backup, buffers, strict=True):  # torch's fused _foreach_copy_ is private
+        saved.copy_(buffer)
     return backup
 
 

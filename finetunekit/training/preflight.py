@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import BatchSampler
 
+from finetunekit._norms import BATCH_NORMS
 from finetunekit.data import PreparedData
 from finetunekit.errors import DataError
 
@@ -109,7 +110,7 @@ def _record_norm_sizes(model: nn.Module, sizes: NormSizes) -> list[Any]:
         x = args[0]
         sizes[module] = x.numel() // max(1, x.shape[0] * (x.shape[1] if x.ndim > 1 else 1))
 
-    norms = (m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+    norms = (m for m in model.modules() if isinstance(m, BATCH_NORMS))
     return [m.register_forward_pre_hook(hook) for m in norms]
 
 

@@ -63,11 +63,15 @@ def test_same_gradients_and_each_block_runs_twice(make, module, kw):
     assert "gradient checkpointing: on" in ft.summary()
 
 
-def test_batchnorm_statistics_are_updated_once_per_step():
+def timm_resnet() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model("resnet10t", pretrained=False, num_classes=3)
+
+
+@pytest.mark.parametrize("make", [resnet, timm_resnet], ids=["torchvision-resnet", "timm-resnet"])
+def test_batchnorm_statistics_are_updated_once_per_step(make):
     def stats(checkpoint: bool) -> dict[str, torch.Tensor]:
-        ft = FineTuner(resnet(), 3, device="cpu", image_size=32, seed=0).compile(
-            grad_checkpointing=checkpoint
-        )
+        ft = FineTuner(make(), 3, device="cpu", image_size=32, seed=0).compile(grad_checkpointing=checkpoint)
         ft.fit(X, Y, batch_size=8, epochs=1, verbose=0, augment=False)
         return {k: v for k, v in ft.model.state_dict().items() if "running" in k or "num_batches" in k}
 
@@ -131,3 +135,34 @@ def test_switching_off_and_bad_values():
     assert "gradient checkpointing: off" in ft.summary()
     with pytest.raises(ConfigError, match="grad_checkpointing='yes' is invalid"):
         ft.compile(grad_checkpointing="yes")
+
+
+class TailNormNet(TinyNet):
+    """TinyNet with a BatchNorm1d after the pool, in a layer group of its own: a leaf layer, so never
+    checkpointed, yet run in train mode; its statistics must move exactly as without checkpointing."""
+
+    def __init__(self) -> None:
+        super().__init__(num_classes=3)
+        self.fc = torch.nn.Sequential(
+            torch.nn.Linear(16, 16), torch.nn.BatchNorm1d(16), torch.nn.Linear(16, 3)
+        )
+
+
+def test_batchnorm_outside_the_checkpointed_modules_updates_as_without():
+    def stats(checkpoint: bool) -> tuple[dict[str, torch.Tensor], str]:
+        torch.manual_seed(0)
+        ft = FineTuner(TailNormNet(), 3, device="cpu", image_size=16, seed=0,
+                       groups=["stem", "stage1", "fc.0", "fc.1"])  # fmt: skip
+        ft.compile(grad_checkpointing=checkpoint)
+        ft.fit(X, Y, batch_size=8, epochs=2, verbose=0, augment=False)
+        kept = {k: v for k, v in ft.model.state_dict().items() if "running" in k or "num_batches" in k}
+        return kept, ft.summary()
+
+    plain, _ = stats(False)
+    ckpt, summary = stats(True)
+    assert "around stem, stage1" in summary  # fc.1 (a leaf) is not checkpointed
+    assert int(ckpt["fc.1.num_batches_tracked"]) == 8 and not torch.equal(
+        ckpt["fc.1.running_mean"], torch.zeros(16)
+    )
+    for k in plain:
+        torch.testing.assert_close(ckpt[k], plain[k], rtol=1e-5, atol=1e-6, msg=k)
