@@ -62,3 +62,9 @@ def test_the_import_contract_holds() -> None:
         pytest.skip("import-linter is not installed (pip install -e '.[dev]')")
     proc = subprocess.run([lint], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:]
+
+
+def test_tuner_stays_a_short_facade() -> None:
+    """FineTuner's behaviour lives in finetunekit/_facade and the layers below; tuner.py only assembles it."""
+    lines = (Path(finetunekit.__file__).parent / "tuner.py").read_text().count("\n")
+    assert lines < 300, f"finetunekit/tuner.py has {lines} lines; move behaviour into finetunekit/_facade"

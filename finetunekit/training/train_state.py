@@ -32,6 +32,7 @@ from finetunekit.saving.model_folder import (
     parse_config,
     tensors_to_bytes,
 )
+from finetunekit.strategies import lora
 from finetunekit.training import loader_state, resume_checks
 from finetunekit.training.context import FitParts
 from finetunekit.training.state import decode, encode
@@ -63,8 +64,8 @@ def model_files(model_config: dict[str, Any], weights: dict[str, Any]) -> dict[s
 def capture(trainer: FitParts, epoch: int, step: int) -> dict[str, bytes]:
     """Checkpoint files for the point before batch ``step`` of ``epoch`` (``step`` 0: epoch start)."""
     parts = trainer.state.state_dict()
-    if trainer.ema is None:  # the model file holds these weights already
-        parts["model"] = {"in": MODEL_FILE}
+    if trainer.ema is None and not lora.has_adapters(trainer.model):  # the model file holds these already
+        parts["model"] = {"in": MODEL_FILE}  # (an EMA's or a merged LoRA model's file does not)
     structure, tensors = encode(parts)
     meta: dict[str, Any] = {
         "version": STATE_VERSION,

@@ -22,7 +22,7 @@ from torch import nn
 
 from finetunekit.callbacks import CallbackList
 from finetunekit.schedules import get_schedule, schedule_phase
-from finetunekit.strategies import Plan
+from finetunekit.strategies import Plan, lora
 from finetunekit.techniques.gap import gap_logs
 from finetunekit.techniques.mixing import BatchMixer
 from finetunekit.training import feature_cache, fit_options, loop, train_state
@@ -241,7 +241,7 @@ class Trainer:
         return train_state.capture(self, epoch, step)
 
     def measured_weights(self) -> dict[str, Any]:
-        return dict(self.measured_model.state_dict())
+        return dict(lora.merged_state_dict(self.measured_model))  # under LoRA: merged, as ft.save writes
 
     def model_files(self) -> dict[str, bytes]:
         return train_state.model_files(self.model_config, self.measured_weights())

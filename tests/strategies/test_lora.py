@@ -12,7 +12,7 @@ from helpers import TinyNet, make_images
 from safetensors.torch import load_file
 
 from finetunekit import L2SP, FineTuner
-from finetunekit.callbacks import BackupAndRestore, LambdaCallback
+from finetunekit.callbacks import BackupAndRestore, LambdaCallback, ModelCheckpoint
 from finetunekit.errors import CheckpointError, ConfigError, MissingDependencyError
 from finetunekit.strategies import DiscriminativeLR, GradualUnfreeze, LoRA
 from finetunekit.strategies.lora import merged_state_dict
@@ -232,3 +232,20 @@ def test_learning_curve_copies_restart_from_the_pretrained_adapters():
     assert all(torch.equal(state[k], v) for k, v in start.items())  # A as initialized, B zero again
     assert any(not torch.equal(ft.model.state_dict()[k], v) for k, v in start.items())
     assert all(p.requires_grad for n, p in fresh.model.named_parameters() if ".lora_" in n)
+
+
+def test_model_checkpoint_writes_the_merged_weights_that_save_writes(tmp_path: Path):
+    """ModelCheckpoint's folder and .safetensors file hold what ft.save holds (merged, plain names), so
+    FineTuner.load and a plain timm model read them."""
+    folder = ModelCheckpoint(tmp_path / "ckpt-{epoch}", save_weights_only=True)
+    file = ModelCheckpoint(tmp_path / "w-{epoch}.safetensors", save_weights_only=True)
+    ft = fit(tuner(), callbacks=[folder, file])
+    ft.save(tmp_path / "saved")
+    saved = load_file(str(tmp_path / "saved" / "model.safetensors"))
+    weights = load_file(str(tmp_path / "w-2.safetensors"))
+    assert weights.keys() == saved.keys() and not any("lora" in k or "base_layer" in k for k in weights)
+    assert all(torch.equal(weights[k], saved[k]) for k in saved)
+    loaded = FineTuner.load(tmp_path / "ckpt-2", model=vit(), device="cpu")
+    torch.testing.assert_close(loaded.predict(X), ft.predict(X), rtol=1e-5, atol=1e-6)
+    plain = vit()
+    plain.load_state_dict(weights, strict=True)

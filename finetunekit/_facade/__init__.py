@@ -1,0 +1,1 @@
+"""The parts FineTuner is assembled from (see finetunekit.tuner)."""
