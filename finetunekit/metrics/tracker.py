@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,10 +155,13 @@ class MetricTracker:
 
     def state_dict(self) -> dict[str, Any]:
         """The running totals and the stored scores and targets (AUROC / mAP), so a checkpoint taken
-        mid-epoch resumes the epoch's metrics exactly. torchmetrics objects restart (documented)."""
+        mid-epoch resumes the epoch's metrics exactly; torchmetrics objects keep their accumulated
+        states too (torchmetrics' own ``state_dict`` once ``persistent(True)`` includes them)."""
         state: dict[str, Any] = {"loss": self._loss, "correct": self._correct, "n": self._n}
         if self._scores:
             state["scores"], state["targets"] = torch.cat(self._scores), torch.cat(self._targets)
+        if self._objects:
+            state["objects"] = {name: dict(_persistent(m).state_dict()) for name, m in self._objects.items()}
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -168,6 +172,18 @@ class MetricTracker:
         if "scores" in state:
             self._scores = [torch.as_tensor(state["scores"]).to(self.device)]
             self._targets = [torch.as_tensor(state["targets"]).to(self.device)]
+        saved = state.get("objects", {})
+        for name, m in self._objects.items():
+            m.reset()
+            if name in saved:
+                _persistent(m).load_state_dict(_on_device(saved[name], m.device), strict=True)
+            elif self._n:
+                warnings.warn(
+                    f"metric {name!r} restarts at the resumed batch: the checkpoint holds no state for it, "
+                    "so this epoch's value covers only the batches after it",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
 
     def _stored(self) -> tuple[np.ndarray, np.ndarray]:
         return torch.cat(self._scores).double().cpu().numpy(), torch.cat(self._targets).cpu().numpy()
@@ -194,3 +210,20 @@ class MetricTracker:
                 )
                 offset += size
         return out
+
+
+def _persistent(metric: Any) -> Any:
+    """``metric`` with its accumulated states in its ``state_dict`` (torchmetrics leaves them out by
+    default, since a model's checkpoint rarely wants them; a mid-epoch resume does)."""
+    metric.persistent(True)
+    return metric
+
+
+def _on_device(state: Any, device: torch.device) -> Any:
+    if isinstance(state, torch.Tensor):
+        return state.to(device)
+    if isinstance(state, Mapping):
+        return {k: _on_device(v, device) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return [_on_device(v, device) for v in state]
+    return state

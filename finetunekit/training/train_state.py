@@ -40,7 +40,7 @@ from finetunekit.training.state import decode, encode
 TRAINING_TENSORS = "training.safetensors"
 TRAINING_JSON = "training.json"
 STATE_VERSION = 2  # 2: every part of the TrainingState registry
-_COMPARED = ("spec", "num_classes", "in_chans", "strategy")
+_COMPARED = ("spec", "num_classes", "in_chans", "strategy", "task")
 
 
 @dataclass

@@ -118,3 +118,45 @@ def test_resume_refuses_another_batch_size(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="batches per epoch"):
         ft.fit(X, Y, batch_size=16, epochs=4, verbose=0, callbacks=[BackupAndRestore(tmp_path / "bk")])
     assert np.isfinite(ft.base_lr)
+
+
+def test_resume_refuses_a_backup_of_another_task(tmp_path: Path) -> None:
+    """A single-label backup cannot continue as a multi-label fit (another loss and head meaning)."""
+    from finetunekit.errors import CheckpointError
+
+    assert train(lambda: (X, Y), tmp_path / "bk", crash=5) is None
+    torch.manual_seed(0)
+    ft = FineTuner(TinyNet(num_classes=3), num_classes=3, device="cpu", image_size=16, seed=0,
+                   strategy=GradualUnfreeze(every=1), task="multi_label")  # fmt: skip
+    before = {k: v.clone() for k, v in ft.model.state_dict().items()}
+    with pytest.raises(CheckpointError, match="task='classification' but this run has task='multi_label'"):
+        ft.fit(X, np.eye(3, dtype=np.float32)[Y], batch_size=8, epochs=4, verbose=0,
+               callbacks=[BackupAndRestore(tmp_path / "bk")])  # fmt: skip
+    assert all(torch.equal(v, ft.model.state_dict()[k]) for k, v in before.items())  # nothing loaded
+
+
+def test_torchmetrics_objects_resume_their_epoch_state(tmp_path: Path) -> None:
+    """A crash mid-epoch (step 4 of 6, backup after step 4): the resumed epoch's torchmetrics values,
+    accumulated over batches before and after the crash, equal the uninterrupted run's."""
+    tm = pytest.importorskip("torchmetrics")
+
+    def run(backup: Path | None, crash: int | None) -> Any:
+        torch.manual_seed(0)
+        ft = FineTuner(TinyNet(num_classes=3), num_classes=3, device="cpu", image_size=16, seed=0)
+        auroc = tm.classification.MulticlassAUROC(num_classes=3)  # stores every score (a "cat" state)
+        f1 = tm.classification.MulticlassF1Score(num_classes=3, average="macro")  # sums of counts
+        ft.compile(lr=0.05, metrics=[auroc, f1])
+        cbs: list[Any] = [] if backup is None else [BackupAndRestore(backup, save_freq=2)]
+        if crash is not None:
+            cbs.append(crash_at(ft, crash))
+        try:
+            return ft.fit(X, Y, batch_size=8, epochs=2, verbose=0, augment=False, callbacks=cbs).history
+        except Crash:
+            return None
+
+    reference = run(None, None)
+    assert run(tmp_path / "bk", crash=10) is None  # epoch 1, batch 4 (a backup was written before it)
+    resumed = run(tmp_path / "bk", None)
+    assert {"multiclass_a_u_r_o_c", "multiclass_f1_score"} <= reference.keys() == resumed.keys()
+    for key in reference:
+        assert resumed[key] == reference[key], key
