@@ -12,11 +12,11 @@ from finetunekit.errors import FineTuneKitError
 
 if TYPE_CHECKING:
     from finetunekit.backbones import list_backbones
-    from finetunekit.techniques import L2SP
+    from finetunekit.techniques import L2SP, ProgressiveResizing
     from finetunekit.tools.selection import rank_backbones
     from finetunekit.tuner import FineTuner
 
-__all__ = ["L2SP", "FineTuneKitError", "FineTuner", "list_backbones", "rank_backbones"]
+__all__ = ["L2SP", "FineTuneKitError", "FineTuner", "ProgressiveResizing", "list_backbones", "rank_backbones"]
 __version__ = "0.1.0"
 
 
@@ -33,8 +33,8 @@ def __getattr__(name: str) -> Any:
         from finetunekit.tools.selection import rank_backbones
 
         return rank_backbones
-    if name == "L2SP":
-        from finetunekit.techniques import L2SP
+    if name in ("L2SP", "ProgressiveResizing"):
+        from finetunekit import techniques
 
-        return L2SP
+        return getattr(techniques, name)
     raise AttributeError(f"module 'finetunekit' has no attribute {name!r}")

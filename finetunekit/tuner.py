@@ -123,7 +123,8 @@ class FineTuner(FitMethods, InferenceMethods, PersistenceMethods, ToolMethods):
                 accumulate_steps: int = 1, clip_grad_norm: float | None = None,
                 clip_grad_value: float | None = None, ema_decay: float | None = None,
                 ema_warmup: bool = False, regularizer: Any = None, mixup: float = 0.0,
-                cutmix: float = 0.0, grad_checkpointing: bool = False) -> FineTuner:  # fmt: skip
+                cutmix: float = 0.0, grad_checkpointing: bool = False,
+                progressive_resizing: Any = False) -> FineTuner:  # fmt: skip
         """Choose optimizer, LR, loss, metrics and LR schedule; every option is checked here, before any
         step. Every layer group enters the optimizer now, frozen or not, so nothing is added mid-run.
         ``lr=2e-3`` with one-cycle is measured in benchmarks/strategies.py (docs/strategies.md).
@@ -142,7 +143,9 @@ class FineTuner(FitMethods, InferenceMethods, PersistenceMethods, ToolMethods):
         takes names ("accuracy", "top5", "f1_macro", "auroc", "ece", "map", ...) or torchmetrics objects,
         logged under the names given (docs/tasks.md). ``grad_checkpointing=True`` recomputes activations
         in the backward pass instead of keeping them (timm's ``set_grad_checkpointing``, else
-        ``torch.utils.checkpoint`` per layer group; docs/large_backbones.md)."""
+        ``torch.utils.checkpoint`` per layer group; docs/large_backbones.md). ``progressive_resizing``
+        (True or ``ProgressiveResizing(initial_scale, finetune_fraction)``) trains the early epochs on
+        smaller images, growing to the full size (docs/performance.md)."""
         given = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.task = task_for_loss(self.task, self._task_given, loss)
         chosen = default_metrics(self.task) if metrics is None else metrics

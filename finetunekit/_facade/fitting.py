@@ -105,7 +105,8 @@ class FitMethods(TunerBase):
         features when the cache can run (training.frozen_defaults)."""
         assert self._compiled is not None
         mixing = bool(self._compiled.mixup or self._compiled.cutmix)
-        cache_off = feature_cache.disabled_reason(cache_features, ddp, mixing)
+        resizing = self._compiled.progressive_resizing is not None
+        cache_off = feature_cache.disabled_reason(cache_features, ddp, mixing, resizing)
         if sample_weight is not None or steps_per_epoch is not None:
             cache_off = cache_off or "per-sample weights or a partial pass"
         plans = [self.plan(e) for e in range(first, epochs)]

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from finetunekit import _assembly as assembly
+from finetunekit.techniques.resizing import describe as describe_sizes
 from finetunekit.tools import learning_curve as _lc
 from finetunekit.tools import wise
 from finetunekit.training import feature_cache, frozen_defaults
@@ -47,7 +48,16 @@ class ToolMethods(TunerBase):
         text = assembly.summary_text(self.spec, self.groups, plans, base_lr, self.strategy,
                                      self._norms_by_group, not known, restarts, status, self.history,
                                      trains=trains, checkpointing=self._checkpointing)  # fmt: skip
-        return text + frozen_defaults.summary_line(self._augment_choice)
+        return text + frozen_defaults.summary_line(self._augment_choice) + self._resizing_line(known)
+
+    def _resizing_line(self, epochs: int | None) -> str:
+        """compile(progressive_resizing=...)'s training size per epoch, at the model's input size."""
+        resizing = self._compiled.progressive_resizing if self._compiled is not None else None
+        if resizing is None:
+            return ""
+        full = tuple(self.data_config.input_size[1:])
+        n = epochs or max(1, self.strategy.horizon(len(self._backbone.groups)))
+        return f"\nprogressive resizing: {describe_sizes(resizing.sizes(n, full))}"
 
     def interpolate(self: T, alpha: float, bn_data: Any = None) -> T:
         """WiSE-FT: set the backbone to ``(1 - alpha) * pretrained + alpha * fine-tuned``; keep the head.

@@ -15,6 +15,7 @@ from finetunekit.schedules import get_schedule
 from finetunekit.strategies.apply import build_param_groups, make_optimizer
 from finetunekit.tasks import CLASSIFICATION, builtin_loss
 from finetunekit.techniques.mixing import check_mix_alpha
+from finetunekit.techniques.resizing import check_progressive_resizing
 from finetunekit.training import nonfinite
 from finetunekit.training.compute import Compute, ComputeConfig, check_compute
 from finetunekit.training.step import make_ema
@@ -34,6 +35,7 @@ class CompileConfig:
     regularizer: Any = None  # e.g. L2SP; a callable () -> scalar tensor added to the training loss
     mixup: float = 0.0
     cutmix: float = 0.0
+    progressive_resizing: Any = None  # finetunekit.techniques.resizing.ProgressiveResizing when on
 
 
 def resolve_loss(
@@ -104,6 +106,7 @@ def configure(model: nn.Module, backbone: Any, device: torch.device, options: di
         metrics=check_metrics(metrics, o["task"], o["num_classes"]),
         schedule=o["schedule"], schedule_kwargs=schedule_kwargs, compute=compute,
         on_nonfinite=o["on_nonfinite"], regularizer=regularizer, mixup=mixup, cutmix=cutmix,
+        progressive_resizing=check_progressive_resizing(o.get("progressive_resizing")),
     )  # fmt: skip
     ema = make_ema(model, compute.ema_decay, compute.ema_warmup) if compute.ema_decay else None
     return Compiled(config, optimizer, Compute(compute, model, device), ema)

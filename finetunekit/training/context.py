@@ -39,6 +39,7 @@ class StepConfig:
     regularizer: Callable[[], torch.Tensor] | None = None  # e.g. L2SP: added to the loss for backward
     batch_transform: Any = None  # e.g. BatchMixer: (x, y, (epoch, step)) -> (x, soft targets)
     loss_weighting: Any = None  # fit(class_weight= / sample_weight=): finetunekit.data.weights.LossWeighting
+    input_resize: Any = None  # compile(progressive_resizing=...): (x, epoch) -> x at the epoch's size
 
     def progress(self, epoch: int, step: int) -> float:
         """Where batch ``step`` of ``epoch`` lies in this cycle, in [0, 1]."""

@@ -69,7 +69,9 @@ def only_head_trains(plan: Plan) -> bool:
     return plan[-1] is not None and all(s is None for s in plan[:-1])
 
 
-def disabled_reason(cache_features: bool, distributed: bool, mixing: bool) -> str | None:
+def disabled_reason(
+    cache_features: bool, distributed: bool, mixing: bool, resizing: bool = False
+) -> str | None:
     """fit's own reasons to keep the cache off for the whole run."""
     if not cache_features:
         return "fit(cache_features=False)"
@@ -77,6 +79,8 @@ def disabled_reason(cache_features: bool, distributed: bool, mixing: bool) -> st
         return "training is distributed (DDP wraps the whole model, not the cached suffix)"
     if mixing:
         return "mixup/CutMix is on (the features of mixed images are not mixed features)"
+    if resizing:
+        return "progressive resizing is on (features differ at every training size)"
     return None
 
 

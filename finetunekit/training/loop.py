@@ -74,6 +74,8 @@ def train_epoch(
             xin, target = cfg.batch_transform(x, y, (epoch, step))
         else:
             xin, target = x, y
+        if cfg.input_resize is not None:
+            xin = cfg.input_resize(xin, epoch)
         weights = batch_sample_weights(batch, cfg.device)  # fit(sample_weight=...) batches carry them
         with deferred_interrupt():  # a Ctrl-C lands between steps, never inside one
             loss, logits = train_step(cfg, state, xin, target, step, weights)

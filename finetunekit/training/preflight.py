@@ -24,7 +24,8 @@ from torch.utils.data import BatchSampler
 
 from finetunekit._norms import BATCH_NORMS
 from finetunekit.data import PreparedData
-from finetunekit.errors import DataError
+from finetunekit.errors import ConfigError, DataError
+from finetunekit.techniques.resizing import ProgressiveResizing, resize_batch
 
 NormSizes = dict[nn.Module, int]  # BatchNorm module -> values per channel a single sample gives it
 
@@ -157,6 +158,39 @@ def probe_forward(
             f"({len(batch)}, {num_classes}) logits. Check the model's head and num_classes."
         )
     return sizes
+
+
+def check_resizable(
+    model: nn.Module, resizing: ProgressiveResizing, epochs: int, data: PreparedData, device: torch.device,
+    spec: str,
+) -> None:  # fmt: skip
+    """compile(progressive_resizing=...): the model must run at the smallest training size (a timm ViT
+    built for one size refuses others), checked on one sample before any step."""
+    if data.dataset is None or not data.num_samples:
+        return  # a user's DataLoader: reading from it would consume its first batch
+    with _untouched_rngs():
+        image = data.dataset[0][0]
+    full = (int(image.shape[-2]), int(image.shape[-1]))
+    smallest = min(resizing.sizes(epochs, full), key=lambda hw: hw[0] * hw[1])
+    if smallest == full:
+        return
+    batch = resize_batch(image.unsqueeze(0).to(device), smallest)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), _untouched_rngs():
+            model(batch)
+    except (RuntimeError, ValueError, IndexError, AssertionError) as e:
+        raise ConfigError(
+            f"compile(progressive_resizing={resizing!r}) trains the first epochs at "
+            f"{smallest[0]}x{smallest[1]} (images are {full[0]}x{full[1]}), but {spec} fails at that size: "
+            f"{str(e).splitlines()[0][:200]}. Fix: for a timm ViT, build it with "
+            "timm.create_model(name, pretrained=True, dynamic_img_size=True) and pass the module; or raise "
+            "initial_scale; or turn progressive resizing off."
+        ) from e
+    finally:
+        model.train(was_training)
+    _check_size(model, (image.shape[0], *smallest), spec)
 
 
 def training_norms(

@@ -103,7 +103,10 @@ def build_trainer(
         verbose=args.verbose, epochs=args.epochs, steps=steps, **monitor,
     )  # fmt: skip
     mixing = bool(compiled.mixup or compiled.cutmix)
-    disabled = feature_cache.disabled_reason(args.cache_features, dist.active, mixing)
+    resizing = compiled.progressive_resizing is not None
+    disabled = feature_cache.disabled_reason(args.cache_features, dist.active, mixing, resizing)
+    if resizing:
+        preflight.check_resizable(view.model, compiled.progressive_resizing, args.epochs, train, device, spec)
     if take is not None:  # the cache holds whole passes
         disabled = disabled or f"steps_per_epoch={steps} trains on part of each pass"
     if train.sample_weights is not None:

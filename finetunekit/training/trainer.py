@@ -25,6 +25,7 @@ from finetunekit.schedules import get_schedule, schedule_phase
 from finetunekit.strategies import Plan, lora
 from finetunekit.techniques.gap import gap_logs
 from finetunekit.techniques.mixing import BatchMixer
+from finetunekit.techniques.resizing import resize_batch
 from finetunekit.training import feature_cache, fit_options, loop, train_state
 from finetunekit.training.compile_config import CompileConfig
 from finetunekit.training.compute import Compute
@@ -187,7 +188,15 @@ class Trainer:
             train_bn=self.view.train_bn, stepper=self.stepper, norms_by_group=self.view.norms_by_group,
             first_epoch=start, sync_metrics=self.dist.active, regularizer=regularizer,
             batch_transform=self.mixer, loss_weighting=self.loss_weighting,
+            input_resize=self._input_resize(),
         )  # fmt: skip
+
+    def _input_resize(self) -> Callable[[torch.Tensor, int], torch.Tensor] | None:
+        """compile(progressive_resizing=...): each training batch at its epoch's size."""
+        resizing, epochs = self.compiled.progressive_resizing, self.epochs
+        if resizing is None:
+            return None
+        return lambda x, epoch: resize_batch(x, resizing.size(epoch, epochs, tuple(x.shape[-2:])))
 
     def _resume_point(self, initial_epoch: int) -> train_state.ResumePoint:
         """An interrupted run's position when a callback (BackupAndRestore) asked for a restore."""
