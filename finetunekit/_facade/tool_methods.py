@@ -55,9 +55,9 @@ class ToolMethods(TunerBase):
         resizing = self._compiled.progressive_resizing if self._compiled is not None else None
         if resizing is None:
             return ""
-        full = tuple(self.data_config.input_size[1:])
+        full = (int(self.data_config.input_size[1]), int(self.data_config.input_size[2]))
         n = epochs or max(1, self.strategy.horizon(len(self._backbone.groups)))
-        return f"\nprogressive resizing: {describe_sizes(resizing.sizes(n, full))}"
+        return f"\nprogressive resizing: {describe_sizes(resizing.sizes(n, full), full)}"
 
     def interpolate(self: T, alpha: float, bn_data: Any = None) -> T:
         """WiSE-FT: set the backbone to ``(1 - alpha) * pretrained + alpha * fine-tuned``; keep the head.

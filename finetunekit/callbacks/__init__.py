@@ -6,7 +6,8 @@ Strategies change how a model trains; callbacks watch it. A callback sees ``self
 """
 
 from finetunekit.callbacks.backup import BackupAndRestore
-from finetunekit.callbacks.base import Callback, CallbackList
+from finetunekit.callbacks.base import Callback
+from finetunekit.callbacks.callback_list import CallbackList
 from finetunekit.callbacks.csv_logger import CSVLogger
 from finetunekit.callbacks.early_stopping import EarlyStopping
 from finetunekit.callbacks.history import History

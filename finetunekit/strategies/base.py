@@ -133,21 +133,3 @@ class Composed(Strategy):
 
     def __repr__(self) -> str:
         return "[" + ", ".join(repr(s) for s in self.strategies) + "]"
-
-
-def resolve_strategy(strategy: Strategy | Sequence[Strategy] | None) -> Strategy:
-    """None -> FullFineTune(); a list -> Composed; a Strategy as is; anything else a clear error."""
-    from finetunekit.strategies.builtin import FullFineTune
-
-    if strategy is None:
-        return FullFineTune()
-    if isinstance(strategy, Strategy):
-        return strategy
-    if isinstance(strategy, (list, tuple)):
-        return strategy[0] if len(strategy) == 1 and isinstance(strategy[0], Strategy) else Composed(strategy)
-    if isinstance(strategy, type) and issubclass(strategy, Strategy):
-        raise ConfigError(f"strategy={strategy.__name__} is a class; pass an instance: {strategy.__name__}()")
-    raise ConfigError(
-        f"strategy={strategy!r} is not a Strategy; expected e.g. FullFineTune(), FrozenBackbone(), "
-        f"GradualUnfreeze(every=1), DiscriminativeLR(0.5), LPFT(probe_epochs=2) or a list of them"
-    )

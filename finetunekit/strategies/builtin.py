@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from finetunekit.errors import ConfigError
-from finetunekit.strategies.base import Plan, Strategy
+from finetunekit.strategies.base import Composed, Plan, Strategy
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -194,3 +194,19 @@ class LPFT(Strategy):
             "train_bn": self.train_bn,
             "restart_schedule": self.restart_schedule,
         }
+
+
+def resolve_strategy(strategy: Strategy | Sequence[Strategy] | None) -> Strategy:
+    """None -> FullFineTune(); a list -> Composed; a Strategy as is; anything else a clear error."""
+    if strategy is None:
+        return FullFineTune()
+    if isinstance(strategy, Strategy):
+        return strategy
+    if isinstance(strategy, (list, tuple)):
+        return strategy[0] if len(strategy) == 1 and isinstance(strategy[0], Strategy) else Composed(strategy)
+    if isinstance(strategy, type) and issubclass(strategy, Strategy):
+        raise ConfigError(f"strategy={strategy.__name__} is a class; pass an instance: {strategy.__name__}()")
+    raise ConfigError(
+        f"strategy={strategy!r} is not a Strategy; expected e.g. FullFineTune(), FrozenBackbone(), "
+        f"GradualUnfreeze(every=1), DiscriminativeLR(0.5), LPFT(probe_epochs=2) or a list of them"
+    )

@@ -18,7 +18,8 @@ from torch import nn
 
 from finetunekit.errors import NotCompiledError
 from finetunekit.strategies import apply as _optim
-from finetunekit.strategies.base import Plan, Strategy, check_plan, resolve_strategy
+from finetunekit.strategies.base import Plan, Strategy, check_plan
+from finetunekit.strategies.builtin import resolve_strategy
 
 if TYPE_CHECKING:
     from finetunekit.backbones.base import LayerGroup

@@ -26,12 +26,14 @@ from finetunekit.errors import ConfigError
 @dataclass(frozen=True)
 class ProgressiveResizing:
     """Train epoch ``e`` of ``E`` at ``scale(e)`` of the full size: ``initial_scale`` at epoch 0, growing
-    linearly to 1 at the start of the last ``finetune_fraction`` of the epochs, then full size.
+    linearly towards 1 over the first ``G = E - ceil(E * finetune_fraction)`` epochs
+    (``initial_scale + (1 - initial_scale) * e / G``), then full size.
 
     Args:
         initial_scale: the first epochs' fraction of the full height and width, in (0, 1]. 0.5 (Composer's
             default) trains the first epoch on a quarter of the pixels.
-        finetune_fraction: the share of epochs at the full size, at the end, in [0, 1]. Composer's 0.2.
+        finetune_fraction: the share of epochs at the full size, at the end, in [0, 1] (rounded up to
+            whole epochs, so any value > 0 ends with at least one). Composer's 0.2.
         size_increment: sizes are rounded down to multiples of this (at least one increment), so
             strided backbones see whole feature maps.
     """
@@ -59,7 +61,8 @@ class ProgressiveResizing:
 
     def scale(self, epoch: int, epochs: int) -> float:
         """The fraction of the full size for ``epoch`` (0-based) of a fit of ``epochs`` epochs."""
-        growing = epochs * (1.0 - self.finetune_fraction)  # epochs before the full-size ones
+        full = math.ceil(epochs * self.finetune_fraction - 1e-9)  # 10 * 0.3 is 3.0000000000000004
+        growing = epochs - full  # any fraction > 0 gives at least one full-size epoch
         if epochs <= 1 or epoch >= growing:
             return 1.0
         return self.initial_scale + (1.0 - self.initial_scale) * epoch / growing
@@ -98,13 +101,13 @@ def resize_batch(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
-def describe(sizes: list[tuple[int, int]]) -> str:
+def describe(sizes: list[tuple[int, int]], full: tuple[int, int]) -> str:
     """``epochs 0-1 at 112x112, 2 at 160x160, 3-4 at 224x224 (full)`` for summary()."""
     parts, start = [], 0
     for e in range(1, len(sizes) + 1):
         if e == len(sizes) or sizes[e] != sizes[start]:
             span = f"{start}" if e - 1 == start else f"{start}-{e - 1}"
             h, w = sizes[start]
-            parts.append(f"{span} at {h}x{w}")
+            parts.append(f"{span} at {h}x{w}" + (" (full)" if sizes[start] == full else ""))
             start = e
-    return "epochs " + ", ".join(parts) + " (the last is the full size)"
+    return "epochs " + ", ".join(parts)

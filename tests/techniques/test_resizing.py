@@ -32,6 +32,10 @@ def test_the_schedule_grows_linearly_then_holds_the_full_size():
     assert [h for h, _ in sizes] == expected and sizes[0] == (96, 96) and sizes[-2:] == [(224, 224)] * 2
     assert ProgressiveResizing(0.25, 0.0, 4).sizes(4, (64, 48)) == [(16, 12), (28, 20), (40, 28), (52, 36)]
     assert ProgressiveResizing().sizes(1, (224, 224)) == [(224, 224)]  # one epoch: full size
+    # any finetune_fraction > 0 ends with a whole full-size epoch, however few the epochs
+    assert ProgressiveResizing(0.5, 0.1, 8).sizes(2, (64, 64)) == [(32, 32), (64, 64)]
+    assert ProgressiveResizing(0.5, 0.0, 8).sizes(2, (64, 64)) == [(32, 32), (48, 48)]
+    assert ProgressiveResizing(0.5, 0.3, 8).sizes(10, (64, 64))[-4:-3] == [(56, 56)]  # 3 full, not 4
 
 
 def test_training_batches_follow_the_schedule_and_validation_stays_full_size():
@@ -44,7 +48,7 @@ def test_training_batches_follow_the_schedule_and_validation_stays_full_size():
     assert counts[(True, (16, 16))] == 6 and counts[(True, (24, 24))] == 6 and counts[(True, (32, 32))] == 3
     assert counts[(False, (32, 32))] == 6  # 5 validation passes (one batch each) and the preflight probe
     text = ft.summary()
-    assert "progressive resizing: epochs 0-1 at 16x16, 2-3 at 24x24, 4 at 32x32" in text
+    assert "progressive resizing: epochs 0-1 at 16x16, 2-3 at 24x24, 4 at 32x32 (full)" in text
     assert "feature cache: off: progressive resizing is on" in text
 
 
