@@ -41,7 +41,8 @@ def main() -> None:
     data = (x_train, y_train, x_test[:100], y_test[:100]) if FAST else (x_train, y_train, x_test, y_test)
     epochs = 2 if FAST else 6
     full = run(None, data, epochs)
-    small = run(ProgressiveResizing(initial_scale=0.5, finetune_fraction=0.34, size_increment=16), data, epochs)
+    resizing = ProgressiveResizing(initial_scale=0.5, finetune_fraction=0.34, size_increment=16)
+    small = run(resizing, data, epochs)
     print("| training | seconds | held-out accuracy |")
     print("|---|---|---|")
     print(f"| full size (128 px) every epoch | {full[0]:.1f} | {full[1]:.3f} |")
