@@ -101,9 +101,7 @@ class PlainRun:
         self.xv = _plain_inputs(x_test, args.image_size, cfg.mean, cfg.std)
         self.mode, self.n_epochs = mode, 0
         self.groups = [set(g.param_names) for g in built.groups]
-        self.bn_names = {
-            n for n, m in self.model.named_modules() if isinstance(m, nn.BatchNorm2d)
-        }
+        self.bn_names = {n for n, m in self.model.named_modules() if isinstance(m, nn.BatchNorm2d)}
         self._open_groups(len(self.groups) if mode == "full" else 1)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=args.lr, weight_decay=0.01)
         gen = torch.Generator().manual_seed(args.seed)
