@@ -157,7 +157,10 @@ def shutdown(wait_for_peers: bool = True) -> None:
     """
     global _owned, _control_group
     if _owned and is_initialized():
-        if wait_for_peers and dist.get_world_size() > 1:
+        # gloo connections only: the default group under gloo, the control group when one was made (a new
+        # one here would be a collective that a peer gone early could leave waiting)
+        gloo = dist.get_backend() == "gloo" or _control_group is not None
+        if wait_for_peers and gloo and dist.get_world_size() > 1:
             with contextlib.suppress(Exception):  # a peer that failed must not keep this one waiting
                 dist.monitored_barrier(control_group(), timeout=timedelta(seconds=60))
         _control_group = None
