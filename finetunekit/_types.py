@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -71,6 +72,12 @@ class RunView(Protocol):
 
     def measured_weights(self) -> dict[str, Any]:
         """The state dict validation measures (the EMA's when on), as ``ft.save`` writes it."""
+        ...
+
+    def gathered_state(self) -> AbstractContextManager[None]:
+        """Enter on every rank before ``run_on_main`` writes ``capture_state``, ``model_files`` or
+        ``measured_weights``: a sharded (FSDP) run gathers its full tensors here, once, because rank 0
+        cannot gather alone. Does nothing in other runs."""
         ...
 
     def request_restore(self, folder: Any) -> None:

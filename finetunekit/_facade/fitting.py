@@ -10,7 +10,7 @@ from finetunekit.callbacks import Callback, History
 from finetunekit.callbacks.interrupt import report_interrupt
 from finetunekit.data.weights import Imbalance
 from finetunekit.distributed.failure import guard
-from finetunekit.training import feature_cache, fit_options, frozen_defaults, fsdp, preflight, setup
+from finetunekit.training import feature_cache, fit_options, frozen_defaults, preflight, setup
 from finetunekit.training.determinism import deterministic_mode, seed_everything
 from finetunekit.training.distributed import run_for
 from finetunekit.validation import check_fit_args
@@ -56,8 +56,6 @@ class FitMethods(TunerBase):
         draws training samples by weight instead, seeded by (seed, epoch)."""
         verbose = check_fit_args(batch_size, epochs, initial_epoch, validation_split, verbose)
         freq = fit_options.check_validation_freq(validation_freq)
-        if self.distributed == fsdp.MODE:
-            fsdp.check_callbacks(callbacks)
         if self._compiled is None:
             self.compile()
         assert self._compiled is not None and self.optimizer is not None and self._compute is not None

@@ -145,7 +145,8 @@ class BackupAndRestore(Callback):
             for old in self._own(self.checkpoints())[2:]:  # the newest two stay: the second is the fallback
                 shutil.rmtree(old, ignore_errors=True)
 
-        run.run_on_main(write, "BackupAndRestore")
+        with run.gathered_state():  # [fsdp] every rank joins the gather; rank 0 then writes
+            run.run_on_main(write, "BackupAndRestore")
 
     def _remove_partials(self) -> None:
         """Only staging folders of writes provably killed (see finetunekit.saving.checkpoint)."""

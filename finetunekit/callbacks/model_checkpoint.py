@@ -124,7 +124,9 @@ class ModelCheckpoint(Callback):
                 f"ModelCheckpoint(filepath={self.filepath!r}) has a placeholder that cannot be filled "
                 f"({e!r}); expected {{epoch}}, {{batch}} or keys of the logs: {sorted(logs)}"
             ) from e
-        self.require_run().run_on_main(lambda: self._write(path, epoch, step), "ModelCheckpoint")
+        run = self.require_run()
+        with run.gathered_state():  # [fsdp] every rank joins the gather; rank 0 then writes
+            run.run_on_main(lambda: self._write(path, epoch, step), "ModelCheckpoint")
         if self.verbose > 0:
             log_message(f"Epoch {label}: saved checkpoint to {path}")
 

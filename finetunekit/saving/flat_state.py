@@ -10,7 +10,7 @@ fails with the names that differ rather than loading momentum into the wrong ten
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,8 @@ from finetunekit.errors import CheckpointError
 
 Tensors = dict[str, torch.Tensor]
 _OPT = "optim."
+Gather = Callable[[torch.Tensor], torch.Tensor]  # a state tensor -> the whole tensor (sharded runs)
+Place = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (whole tensor, its parameter) -> state
 
 
 def _jsonable(value: Any) -> Any:
@@ -31,25 +33,30 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module) -> tuple[Tensors, dict[str, Any]]:
-    """Flatten ``optimizer.state_dict()``: tensors by parameter name, the rest as JSON."""
+def optimizer_state(
+    optimizer: torch.optim.Optimizer, model: nn.Module, gather: Gather | None = None
+) -> tuple[Tensors, dict[str, Any]]:
+    """Flatten ``optimizer.state_dict()``: tensors by parameter name, the rest as JSON.
+
+    ``gather`` turns each state tensor into the whole tensor (an FSDP shard into the full one, a
+    collective): it is called on every rank in the same order (parameter index, then state key)."""
     names = {id(p): n for n, p in model.named_parameters()}
     ordered = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
     sd = optimizer.state_dict()
     tensors: Tensors = {}
     scalars: dict[str, dict[str, Any]] = {}
-    for index, state in sd["state"].items():
+    for index, state in sorted(sd["state"].items()):
         name = ordered[index]
-        for key, value in state.items():
+        for key, value in sorted(state.items()):
             if isinstance(value, torch.Tensor):
-                tensors[f"{_OPT}{name}.{key}"] = value
+                tensors[f"{_OPT}{name}.{key}"] = value if gather is None else gather(value)
             else:
                 scalars.setdefault(name, {})[key] = _jsonable(value)
     groups = [{k: _jsonable(v) for k, v in g.items() if k != "params"} for g in sd["param_groups"]]
     return tensors, {"class": type(optimizer).__name__, "groups": groups, "scalars": scalars}
 
 
-def _check_groups(optimizer: torch.optim.Optimizer, saved: list[dict[str, Any]]) -> None:
+def check_groups(optimizer: torch.optim.Optimizer, saved: list[dict[str, Any]]) -> None:
     now = [str(g.get("name")) for g in optimizer.param_groups]
     then = [str(g.get("name")) for g in saved]
     if now != then:
@@ -59,7 +66,7 @@ def _check_groups(optimizer: torch.optim.Optimizer, saved: list[dict[str, Any]])
         )
 
 
-def _restore_hyperparameters(optimizer: torch.optim.Optimizer, saved: list[dict[str, Any]]) -> None:
+def restore_hyperparameters(optimizer: torch.optim.Optimizer, saved: list[dict[str, Any]]) -> None:
     for group, hyper in zip(optimizer.param_groups, saved, strict=True):
         for key, value in hyper.items():
             current = group.get(key)
@@ -71,16 +78,21 @@ def load_optimizer_state(
     model: nn.Module,
     tensors: Mapping[str, torch.Tensor],
     meta: dict[str, Any],
+    place: Place | None = None,
 ) -> None:
-    """Inverse of :func:`optimizer_state`; refuses another optimizer class or other param groups."""
+    """Inverse of :func:`optimizer_state`; refuses another optimizer class or other param groups.
+
+    ``place`` turns a whole saved tensor into the state its parameter needs (the shard of it that
+    this rank holds, for FSDP)."""
     if meta["class"] != type(optimizer).__name__:
         raise CheckpointError(
             f"the checkpoint was trained with optimizer {meta['class']} but compile() chose "
             f"{type(optimizer).__name__}; compile with the same optimizer to resume."
         )
-    _check_groups(optimizer, meta["groups"])
+    check_groups(optimizer, meta["groups"])
     names = {id(p): n for n, p in model.named_parameters()}
-    ordered = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    ordered = [names[id(p)] for p in params]
     index_of = {name: i for i, name in enumerate(ordered)}
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
@@ -90,13 +102,14 @@ def load_optimizer_state(
                 raise CheckpointError(
                     f"the checkpoint has optimizer state for {name!r}, which this model lacks."
                 )
-            state.setdefault(index_of[name], {})[field] = value
+            index = index_of[name]
+            state.setdefault(index, {})[field] = value if place is None else place(value, params[index])
     for name, values in meta["scalars"].items():
         state.setdefault(index_of[name], {}).update(values)
     sd = optimizer.state_dict()
     sd["state"] = state
     optimizer.load_state_dict(sd)
-    _restore_hyperparameters(optimizer, meta["groups"])
+    restore_hyperparameters(optimizer, meta["groups"])
 
 
 def rng_state() -> tuple[Tensors, dict[str, Any]]:

@@ -17,16 +17,20 @@ all-gathers parameters, a collective every rank must join, and contiguous shards
 would leave one rank waiting; summed metrics are then N times one rank's, whose ratios are the same.
 ``ft.save`` gathers the full state dict on every rank and rank 0 writes one ordinary model folder.
 
-Not combined with FSDP (each raises a ConfigError at compile or fit, before training): L2-SP and EMA (they
-keep unsharded copies paired with sharded parameters), LoRA (merging needs the adapted layers whole), and
-checkpointing callbacks (BackupAndRestore / ModelCheckpoint): their files hold the full model and
-optimizer, written by rank 0 alone, which under FSDP needs ``get_model_state_dict`` /
-``get_optimizer_state_dict`` on every rank inside ``training.train_state`` (the hook listed in
-docs/large_backbones.md).
+Checkpoints (BackupAndRestore, ModelCheckpoint) hold ordinary full tensors, the same files as a
+one-process run: the model and optimizer parts of the training state gather their shards on every rank
+(:func:`gathered`, which the checkpointing callbacks enter on every rank before rank 0 writes), and a
+restore reads the files on every rank and keeps each rank's shard of them. So a sharded run resumes
+exactly, and a backup of it opens with ``FineTuner.load`` like any other.
+
+Not combined with FSDP (each raises a ConfigError at compile, before training): L2-SP and EMA (they
+keep unsharded copies paired with sharded parameters) and LoRA (merging needs the adapted layers whole).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -37,7 +41,8 @@ from torch.utils.data import DataLoader
 from finetunekit.backbones.grouping import group_modules
 from finetunekit.data import PreparedData, make_loader
 from finetunekit.distributed import collectives, env
-from finetunekit.errors import ConfigError
+from finetunekit.errors import CheckpointError, ConfigError
+from finetunekit.saving import flat_state
 from finetunekit.strategies.apply import group_params
 from finetunekit.strategies.lora import has_adapters
 from finetunekit.training.distributed import DistributedRun
@@ -143,12 +148,97 @@ def fsdp_run(tuner: Any) -> FSDPRun:
     return run
 
 
-def check_callbacks(callbacks: Any) -> None:
-    """Checkpointing callbacks cannot write a sharded run yet (see the module docstring)."""
-    for cb in callbacks or []:
-        if type(cb).__name__ in ("BackupAndRestore", "ModelCheckpoint"):
-            raise ConfigError(
-                f"{type(cb).__name__} with distributed='fsdp': its checkpoint holds the full model and "
-                f"optimizer written by rank 0 alone, which a sharded run cannot give it; use "
-                f"distributed=None (DDP) for checkpointed runs, or ft.save() after fit"
+# -- the training state of a sharded fit -------------------------------------------------------------
+def gather_tensor(value: torch.Tensor) -> torch.Tensor:
+    """A state tensor as the whole tensor on CPU (an FSDP shard is all-gathered: every rank calls it)."""
+    from torch.distributed.tensor import DTensor
+
+    return value.full_tensor().cpu() if isinstance(value, DTensor) else value
+
+
+def place_tensor(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """The whole saved tensor ``value`` laid out like ``param``: this rank's shard of it, cut locally
+    (every rank read the same file), or ``value`` itself for an unsharded parameter or a scalar."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if not isinstance(param, DTensor) or isinstance(value, DTensor) or value.ndim == 0:
+        return value
+    local = value.to(param.to_local().device)
+    return distribute_tensor(local, param.device_mesh, param.placements, src_data_rank=None)
+
+
+class ShardedModelPart:
+    """The model part of a sharded fit: saved as the full state dict (what ``ft.save`` writes), loaded
+    back by cutting each rank's shard out of the full tensors locally (:func:`place_tensor`).
+
+    Not ``set_model_state_dict``: its full-state load scatters every tensor from rank 0, and with
+    uneven shards the two ranks of a resumed run reached mismatched scatters (torch 2.14, gloo); cutting
+    locally needs no collective at all, since every rank read the same file."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.gathered: dict[str, Any] | None = None
+
+    def gather(self) -> None:
+        self.gathered = full_state_dict(self.model)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The full weights (a collective unless inside :func:`gathered`; rank 0 holds them)."""
+        return dict(self.gathered) if self.gathered is not None else full_state_dict(self.model)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        current = self.model.state_dict()
+        missing, unexpected = sorted(set(current) - set(state)), sorted(set(state) - set(current))
+        wrong = [k for k in current if k in state and tuple(state[k].shape) != tuple(current[k].shape)]
+        if missing or unexpected or wrong:
+            raise CheckpointError(
+                f"the checkpoint's weights do not fit this model: missing {missing[:5]}, unexpected "
+                f"{unexpected[:5]}, other shapes {wrong[:5]}; expected a checkpoint of this model. Resume "
+                "with the configuration that wrote it."
             )
+        self.model.load_state_dict({k: place_tensor(v, current[k]) for k, v in state.items()}, strict=True)
+
+
+class ShardedOptimizerPart:
+    """The optimizer part of a sharded fit, in the same by-name files as an unsharded one.
+
+    Written here on DTensor's public API rather than with ``get_optimizer_state_dict`` /
+    ``set_optimizer_state_dict``: those initialise an empty optimizer with a zero-gradient step
+    (``_init_optim_state``), which gives every trainable parameter an Adam step count, so a parameter
+    that had not stepped yet (a group GradualUnfreeze opens later) would resume with other bias
+    corrections than the run that never stopped: exact resume is the property that would be lost."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+        self.optimizer, self.model = optimizer, model
+        self.gathered: dict[str, Any] | None = None
+
+    def gather(self) -> None:
+        self.gathered = None
+        self.gathered = self.state_dict()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The whole optimizer state (a collective unless inside :func:`gathered`)."""
+        if self.gathered is not None:
+            return self.gathered
+        tensors, meta = flat_state.optimizer_state(self.optimizer, self.model, gather=gather_tensor)
+        return {"tensors": tensors, "meta": meta}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        flat_state.load_optimizer_state(
+            self.optimizer, self.model, state["tensors"], state["meta"], place=place_tensor
+        )
+
+
+@contextmanager
+def gathered(parts: Iterable[Any]) -> Iterator[None]:
+    """While inside, the sharded parts of a training state hold their full tensors, gathered once on
+    every rank, so that rank 0 alone can write them (``run_on_main``) without a collective. Entered on
+    every rank; outside a sharded fit it does nothing."""
+    sharded = [p for p in parts if isinstance(p, ShardedModelPart | ShardedOptimizerPart)]
+    for part in sharded:
+        part.gather()
+    try:
+        yield
+    finally:
+        for part in sharded:
+            part.gathered = None

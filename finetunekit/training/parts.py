@@ -17,7 +17,7 @@ from torch import nn
 from finetunekit.errors import CheckpointError
 from finetunekit.metrics import MetricTracker
 from finetunekit.saving import flat_state
-from finetunekit.training import loader_state, resume_checks
+from finetunekit.training import fsdp, loader_state, resume_checks
 from finetunekit.training.context import FitParts
 from finetunekit.training.state import TrainingState
 
@@ -178,8 +178,12 @@ def register_parts(trainer: FitParts) -> TrainingState:
     state = TrainingState()
     # Callbacks first: a state a callback refuses stops the restore before any weight is replaced.
     state.register("callbacks", CallbacksPart(trainer.callbacks))
-    state.register("model", ModelPart(trainer.model))
-    state.register("optimizer", OptimizerPart(trainer.optimizer, trainer.model))
+    if fsdp.is_sharded(trainer.model):  # [fsdp] full tensors in the files, each rank's shard loaded back
+        state.register("model", fsdp.ShardedModelPart(trainer.model))
+        state.register("optimizer", fsdp.ShardedOptimizerPart(trainer.optimizer, trainer.model))
+    else:
+        state.register("model", ModelPart(trainer.model))
+        state.register("optimizer", OptimizerPart(trainer.optimizer, trainer.model))
     state.register("schedule", SchedulePart(trainer))
     state.register("loop", LoopPart(trainer))
     state.register("stepper", StepperPart(trainer))

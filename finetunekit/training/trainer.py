@@ -13,6 +13,7 @@ Callbacks see the run through :class:`~finetunekit._types.RunView`, which the tr
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from finetunekit.strategies import Plan, lora
 from finetunekit.techniques.gap import gap_logs
 from finetunekit.techniques.mixing import BatchMixer
 from finetunekit.techniques.resizing import resize_batch
-from finetunekit.training import feature_cache, fit_options, loop, train_state
+from finetunekit.training import feature_cache, fit_options, fsdp, loop, train_state
 from finetunekit.training.compile_config import CompileConfig
 from finetunekit.training.compute import Compute
 from finetunekit.training.context import LoopState, StepConfig
@@ -250,7 +251,12 @@ class Trainer:
         return train_state.capture(self, epoch, step)
 
     def measured_weights(self) -> dict[str, Any]:
+        if fsdp.is_sharded(self.model):  # [fsdp] the full weights (no EMA or LoRA under FSDP)
+            return dict(self.state["model"].state_dict())
         return dict(lora.merged_state_dict(self.measured_model))  # under LoRA: merged, as ft.save writes
+
+    def gathered_state(self) -> AbstractContextManager[None]:
+        return fsdp.gathered(self.state[name] for name in self.state)
 
     def model_files(self) -> dict[str, bytes]:
         return train_state.model_files(self.model_config, self.measured_weights())

@@ -7,6 +7,7 @@ Usage (one line per node): python -m torch.distributed.run --nnodes=2 --nproc_pe
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -26,15 +27,36 @@ from finetunekit.strategies import GradualUnfreeze  # noqa: E402
 from finetunekit.training import fsdp  # noqa: E402
 
 
-def train(distributed: Any = None, **compile_kw: Any) -> Any:
+def train(distributed: Any = None, callbacks: Any = None, **compile_kw: Any) -> Any:
     """dist_worker's unfreeze run (3 epochs, global batch 8, GroupNorm), compiled with ``compile_kw``."""
     x, y, _, _ = dist_worker.data()
     torch.manual_seed(0)
     net = dist_worker.GNNet()
     ft = dist_worker.tuner(net, strategy=GradualUnfreeze(every=1), distributed=distributed)
     ft.compile(lr=1e-2, **compile_kw)
-    ft.fit(x, y, batch_size=dist_worker.BATCH, epochs=3, augment=False, verbose=0)
+    ft.fit(x, y, batch_size=dist_worker.BATCH, epochs=3, augment=False, verbose=0, callbacks=callbacks)
     return ft
+
+
+def checkpointed_callbacks(out: Path) -> list[Any]:
+    """fsdp_backup: mid-epoch backups every 4 batches, a full training checkpoint per epoch, and rank 1
+    dying at batch 1 of epoch 1 in torchrun's first attempt (the newest backup is then epoch 0, step 4:
+    only the head had trained, so stage1's and the stem's optimizer state do not exist yet)."""
+    from finetunekit.callbacks import BackupAndRestore, Callback, ModelCheckpoint
+
+    attempt, rank = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"), os.environ["RANK"]
+    first = out / f"first_batch_attempt{attempt}_rank{rank}.json"
+
+    class FirstBatch(Callback):
+        """Writes (epoch, batch) of the first batch this attempt trains: where it started."""
+
+        def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+            if not first.exists():
+                first.write_text(json.dumps([self.require_run().epoch, batch]))
+
+    seen = FirstBatch()
+    return [seen, dist_worker.CrashRankOne(epoch=1), BackupAndRestore(out / "bk", save_freq=4),
+            ModelCheckpoint(str(out / "mc" / "e{epoch}"))]  # fmt: skip
 
 
 SCENARIOS: dict[str, dict[str, Any]] = {
@@ -42,6 +64,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "ddp_checkpointing": {"grad_checkpointing": True},
     "fsdp": {"distributed": "fsdp"},
     "fsdp_checkpointing": {"distributed": "fsdp", "grad_checkpointing": True},
+    "fsdp_backup": {"distributed": "fsdp"},  # with checkpointed_callbacks, crashed and resumed
 }
 
 
@@ -53,7 +76,8 @@ def reference(scenario: str) -> Any:
 
 def main() -> None:
     scenario, out = sys.argv[1], Path(sys.argv[2])
-    ft = train(**SCENARIOS[scenario])
+    callbacks = checkpointed_callbacks(out) if scenario == "fsdp_backup" else None
+    ft = train(callbacks=callbacks, **SCENARIOS[scenario])
     rank = int(os.environ["RANK"])
     state = {k: v.detach().clone().contiguous() for k, v in fsdp.full_state_dict(ft.model).items()}
     local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in ft.model.parameters())
