@@ -59,6 +59,15 @@ def broadcast_object(obj: T, src: int = 0) -> T:
     return box[0]
 
 
+def all_gather_object(obj: T) -> list[T]:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank; ``[obj]`` in one process."""
+    if not _active():
+        return [obj]
+    out: list[T] = [obj] * env.world_size()  # placeholders, replaced by every rank's object
+    dist.all_gather_object(out, obj, group=env.control_group())
+    return out
+
+
 def run_on_main(fn: Callable[[], T], what: str = "write") -> T | None:
     """Run ``fn`` on rank 0 only; every rank returns after it finished (a barrier), and a failure on rank
     0 raises on every rank, so no rank waits forever for a file that will not come.

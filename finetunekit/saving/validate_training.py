@@ -16,6 +16,7 @@ from finetunekit.errors import CheckpointError
 from finetunekit.saving.validate import MAX_COUNT, Reader
 
 _MT_WORDS = 624  # Mersenne Twister state words (Python's and numpy's generators)
+MAX_RANKS = 1 << 20  # processes of one job, beyond any real one
 # The parts every fit registers (finetunekit.training.parts); EMA, mixing and others only when turned on.
 _REQUIRED_PARTS = ("model", "optimizer", "schedule", "loop", "stepper", "callbacks", "loader", "rng")
 
@@ -64,10 +65,24 @@ def _parts(r: Reader, parts: dict[str, Any], epoch: int) -> None:
             r.integer(r.need(tracker, "n", f"{key}.tracker.n"), f"{key}.tracker.n", 0, MAX_COUNT)
     if "callbacks" in parts:
         _callbacks(r, r.need(parts["callbacks"], "list", "parts.callbacks.list"), "parts.callbacks.list")
+    _metas(r, parts)
+
+
+def _metas(r: Reader, parts: dict[str, Any]) -> None:
     for name, check in (("rng", _rng), ("optimizer", _optimizer)):
         if name in parts:
             key = f"parts.{name}.meta"
             check(r, r.mapping(r.need(parts[name], "meta", key), key), key)
+    if "rng" in parts and "ranks" in parts["rng"]:
+        _other_ranks(r, parts["rng"]["ranks"])
+
+
+def _other_ranks(r: Reader, ranks: Any) -> None:
+    """The RNG states of ranks 1..N-1 of a DDP / FSDP run, each checked as rank 0's."""
+    for i, entry in enumerate(r.items(ranks, "parts.rng.ranks", 0, MAX_RANKS)):
+        key = f"parts.rng.ranks[{i}]"
+        rank = r.mapping(entry, key)
+        _rng(r, r.mapping(r.need(rank, "meta", f"{key}.meta"), f"{key}.meta"), f"{key}.meta")
 
 
 def _callbacks(r: Reader, entries: Any, key: str) -> None:
@@ -121,10 +136,12 @@ def _tensor(tensors: dict[str, torch.Tensor], key: str, source: str, dtype: torc
 def decoded_parts(parts: dict[str, Any], params: dict[str, torch.Tensor], source: str) -> None:
     """The registry layout once its tensors are put back: the RNG and optimizer tensors checked
     (dtypes and shapes torch expects; optimizer tensors against the parameters they belong to)."""
-    rng = parts.get("rng", {}).get("tensors")
-    if isinstance(rng, dict):
-        _tensor(rng, "rng.torch", source, torch.uint8, tuple(torch.get_rng_state().shape))
-        _tensor(rng, "rng.numpy", source, torch.int64, (_MT_WORDS,))
+    rng_part = parts.get("rng", {})
+    others = [e.get("tensors") for e in rng_part.get("ranks", []) if isinstance(e, dict)]
+    for rng in [rng_part.get("tensors"), *others]:
+        if isinstance(rng, dict):
+            _tensor(rng, "rng.torch", source, torch.uint8, tuple(torch.get_rng_state().shape))
+            _tensor(rng, "rng.numpy", source, torch.int64, (_MT_WORDS,))
     opt = parts.get("optimizer", {}).get("tensors")
     if isinstance(opt, dict):
         optimizer_tensors(opt, params, source)

@@ -76,6 +76,7 @@ class FitParts(Protocol):
     loader: Any
     loop: LoopState
     stepper: Any
+    dist: Any  # finetunekit.training.distributed.DistributedRun: .active under DDP / FSDP
     state: Any  # finetunekit.training.state.TrainingState
     saved_generator: torch.Tensor | None
     model_config: dict[str, Any]

@@ -19,7 +19,8 @@ would leave one rank waiting; summed metrics are then N times one rank's, whose 
 
 Checkpoints (BackupAndRestore, ModelCheckpoint) hold ordinary full tensors, the same files as a
 one-process run: the model and optimizer parts of the training state gather their shards on every rank
-(:func:`gathered`, which the checkpointing callbacks enter on every rank before rank 0 writes), and a
+(``TrainingState.gathered``, which the checkpointing callbacks enter on every rank before rank 0
+writes), and a
 restore reads the files on every rank and keeps each rank's shard of them. So a sharded run resumes
 exactly, and a backup of it opens with ``FineTuner.load`` like any other.
 
@@ -29,8 +30,7 @@ keep unsharded copies paired with sharded parameters) and LoRA (merging needs th
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -182,8 +182,11 @@ class ShardedModelPart:
     def gather(self) -> None:
         self.gathered = full_state_dict(self.model)
 
+    def release(self) -> None:
+        self.gathered = None
+
     def state_dict(self) -> dict[str, Any]:
-        """The full weights (a collective unless inside :func:`gathered`; rank 0 holds them)."""
+        """The full weights (a collective unless gathered; rank 0 holds them)."""
         return dict(self.gathered) if self.gathered is not None else full_state_dict(self.model)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -216,8 +219,11 @@ class ShardedOptimizerPart:
         self.gathered = None
         self.gathered = self.state_dict()
 
+    def release(self) -> None:
+        self.gathered = None
+
     def state_dict(self) -> dict[str, Any]:
-        """The whole optimizer state (a collective unless inside :func:`gathered`)."""
+        """The whole optimizer state (a collective unless gathered)."""
         if self.gathered is not None:
             return self.gathered
         tensors, meta = flat_state.optimizer_state(self.optimizer, self.model, gather=gather_tensor)
@@ -227,18 +233,3 @@ class ShardedOptimizerPart:
         flat_state.load_optimizer_state(
             self.optimizer, self.model, state["tensors"], state["meta"], place=place_tensor
         )
-
-
-@contextmanager
-def gathered(parts: Iterable[Any]) -> Iterator[None]:
-    """While inside, the sharded parts of a training state hold their full tensors, gathered once on
-    every rank, so that rank 0 alone can write them (``run_on_main``) without a collective. Entered on
-    every rank; outside a sharded fit it does nothing."""
-    sharded = [p for p in parts if isinstance(p, ShardedModelPart | ShardedOptimizerPart)]
-    for part in sharded:
-        part.gather()
-    try:
-        yield
-    finally:
-        for part in sharded:
-            part.gathered = None

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from finetunekit.distributed import collectives, env
 from finetunekit.errors import CheckpointError
 from finetunekit.metrics import MetricTracker
 from finetunekit.saving import flat_state
@@ -162,14 +163,40 @@ class LoaderPart:
 
 
 class RngPart:
-    """Python, numpy, torch and CUDA global RNG states (dropout, and anything else drawing from them)."""
+    """Python, numpy, torch and CUDA global RNG states (dropout, and anything else drawing from them).
 
-    def state_dict(self) -> dict[str, Any]:
+    Under DDP / FSDP each rank's own: gathered to rank 0 when a checkpoint is written
+    (``TrainingState.gathered``), and each rank takes its own back on restore. Ranks seeded apart (the
+    common ``torch.manual_seed(seed + rank)``) draw different dropout masks, and a resume that gave
+    every rank rank 0's states would continue another run."""
+
+    def __init__(self, distributed: bool = False) -> None:
+        self.distributed = distributed
+        self.others: list[dict[str, Any]] | None = None  # ranks 1..N-1, while gathered
+
+    @staticmethod
+    def _own() -> dict[str, Any]:
         tensors, meta = flat_state.rng_state()
         return {"tensors": tensors, "meta": meta}
 
+    def gather(self) -> None:
+        if self.distributed:
+            self.others = collectives.all_gather_object(self._own())[1:]
+
+    def release(self) -> None:
+        self.others = None
+
+    def state_dict(self) -> dict[str, Any]:
+        state = self._own()
+        if self.others is not None:
+            state["ranks"] = list(self.others)
+        return state
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        flat_state.load_rng_state(state["tensors"], state["meta"])
+        mine, ranks, rank = state, state.get("ranks"), env.rank()
+        if ranks and rank > 0 and len(ranks) == env.world_size() - 1:  # else rank 0's (another world size)
+            mine = ranks[rank - 1]
+        flat_state.load_rng_state(mine["tensors"], mine["meta"])
 
 
 def register_parts(trainer: FitParts) -> TrainingState:
@@ -192,5 +219,5 @@ def register_parts(trainer: FitParts) -> TrainingState:
     if trainer.mixer is not None:
         state.register("mixing", trainer.mixer)
     state.register("loader", LoaderPart(trainer))
-    state.register("rng", RngPart())
+    state.register("rng", RngPart(distributed=trainer.dist.active))
     return state

@@ -12,6 +12,7 @@ becomes ``{"__tensor__": key}`` in the JSON and ``key`` in the tensor file.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -46,6 +47,20 @@ class TrainingState:
 
     def state_dict(self) -> dict[str, Any]:
         return {name: part.state_dict() for name, part in self._parts.items()}
+
+    @contextmanager
+    def gathered(self) -> Iterator[None]:
+        """While inside, the parts whose state lives on every rank (an FSDP run's shards, each DDP rank's
+        RNG) hold it, gathered once with every rank taking part, so that rank 0 alone can then write a
+        checkpoint without a collective. Entered on every rank; in one process it gathers nothing."""
+        collecting = [p for p in self._parts.values() if hasattr(p, "gather")]
+        for part in collecting:
+            part.gather()
+        try:
+            yield
+        finally:
+            for part in collecting:
+                part.release()  # type: ignore[attr-defined]
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Every registered part from ``state``; a part the checkpoint lacks is an error naming it (a

@@ -256,7 +256,7 @@ class Trainer:
         return dict(lora.merged_state_dict(self.measured_model))  # under LoRA: merged, as ft.save writes
 
     def gathered_state(self) -> AbstractContextManager[None]:
-        return fsdp.gathered(self.state[name] for name in self.state)
+        return self.state.gathered()
 
     def model_files(self) -> dict[str, bytes]:
         return train_state.model_files(self.model_config, self.measured_weights())

@@ -235,6 +235,34 @@ def scenario_backup(out: Path) -> None:
     )
 
 
+class DropNet(GNNet):
+    """GNNet with dropout before the head: what a rank draws from its RNG changes the gradients."""
+
+    def __init__(self, num_classes: int = 3):
+        super().__init__(num_classes)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(self.pool(self.stage1(self.stem(x)))))
+
+
+def rank_seeded_run(out: Path, crash: bool) -> None:
+    """Ranks seeded apart (``torch.manual_seed(1000 + rank)``, as many DDP scripts do; FineTuner's seed
+    left None), dropout on, backups every 3 batches; with ``crash`` rank 1 dies in epoch 1 of attempt 0
+    and attempt 1 resumes from the backup of the end of epoch 0."""
+    rank = env_rank()
+    torch.manual_seed(1000 + rank)
+    x, y, _, _ = data()
+    ft = FineTuner(DropNet(), num_classes=3, image_size=16, device="cpu")
+    ft.compile(lr=1e-2)
+    callbacks: list[Any] = [BackupAndRestore(out / "bk_rng", save_freq=3)]
+    if crash:
+        callbacks.insert(0, CrashRankOne(epoch=1))
+    ft.fit(x, y, batch_size=BATCH, epochs=3, augment=False, verbose=0, callbacks=callbacks)
+    name = "resumed" if crash else "straight"
+    save_file(_state(ft), str(out / f"rank_rng_{name}_rank{rank}.safetensors"))
+
+
 def scenario_nccl(out: Path) -> None:
     """The augmented GroupNorm fit on one GPU per rank (NCCL): ranks end bitwise equal."""
     rank = env_rank()
@@ -256,5 +284,7 @@ if __name__ == "__main__":
         "resume": scenario_resume,
         "backup": scenario_backup,
         "nccl": scenario_nccl,
+        "rank_rng_straight": lambda out: rank_seeded_run(out, crash=False),
+        "rank_rng_resumed": lambda out: rank_seeded_run(out, crash=True),
     }
     scenarios[scenario](folder)

@@ -162,6 +162,27 @@ def test_torchrun_restart_resumes_every_rank_from_rank_zero_checkpoint(tmp_path)
 
 
 @pytest.mark.slow
+def test_each_rank_resumes_with_its_own_rng_state(tmp_path):
+    """Ranks seeded apart draw different dropout masks; a resume gives each rank back its own RNG
+    states (gathered to rank 0's backup), so the resumed run equals the one that never stopped. With
+    rank 0's states on every rank, as before, rank 1's masks after the resume differ and so do the
+    weights."""
+    (tmp_path / "resumed").mkdir()
+    (tmp_path / "straight").mkdir()
+    proc, _ = torchrun("rank_rng_resumed", tmp_path / "resumed", "--max-restarts=1")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-6000:]
+    assert "simulated crash of rank 1 with a backup on disk" in output
+    proc, _ = torchrun("rank_rng_straight", tmp_path / "straight")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    for r in (0, 1):
+        resumed = load_file(str(tmp_path / "resumed" / f"rank_rng_resumed_rank{r}.safetensors"))
+        straight = load_file(str(tmp_path / "straight" / f"rank_rng_straight_rank{r}.safetensors"))
+        for k, v in straight.items():
+            assert torch.equal(resumed[k], v), f"rank {r}, {k}: {(resumed[k] - v).abs().max()}"
+
+
+@pytest.mark.slow
 def test_backup_and_restore_resumes_every_rank_across_a_torchrun_restart(tmp_path):
     proc, _ = torchrun("backup", tmp_path, "--max-restarts=1")
     output = proc.stdout + proc.stderr

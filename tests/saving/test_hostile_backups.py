@@ -69,6 +69,23 @@ TRAINING_ATTACKS: list[tuple[str, Callable[[dict[str, Any]], Any], str]] = [
         _part("rng", lambda s: s["meta"]["numpy"].__setitem__(0, "PCG64")),
         "rng.meta.numpy[0]",
     ),
+    ("other ranks' rngs not a list", _part("rng", _set("ranks", {"a": 1})), "parts.rng.ranks="),
+    (
+        "another rank's rng of another kind",
+        _part(
+            "rng",
+            lambda s: s.__setitem__(
+                "ranks",
+                [
+                    {
+                        "tensors": s["tensors"],
+                        "meta": {"python": s["meta"]["python"], "numpy": ["PCG64", *s["meta"]["numpy"][1:]]},
+                    }
+                ],
+            ),
+        ),
+        "parts.rng.ranks[0].meta.numpy[0]",
+    ),
     ("callbacks not a list", _part("callbacks", _set("list", {"a": 1})), "callbacks.list="),
     (
         "callback state not an object",
