@@ -20,9 +20,8 @@ would leave one rank waiting; summed metrics are then N times one rank's, whose 
 Checkpoints (BackupAndRestore, ModelCheckpoint) hold ordinary full tensors, the same files as a
 one-process run: the model and optimizer parts of the training state gather their shards on every rank
 (``TrainingState.gathered``, which the checkpointing callbacks enter on every rank before rank 0
-writes), and a
-restore reads the files on every rank and keeps each rank's shard of them. So a sharded run resumes
-exactly, and a backup of it opens with ``FineTuner.load`` like any other.
+writes), and a restore reads the files on every rank and keeps each rank's shard of them. So a sharded
+run resumes exactly, and a backup of it opens with ``FineTuner.load`` like any other.
 
 Not combined with FSDP (each raises a ConfigError at compile, before training): L2-SP and EMA (they
 keep unsharded copies paired with sharded parameters) and LoRA (merging needs the adapted layers whole).
