@@ -12,6 +12,11 @@ digits, all the images not drawn for training), so every method gets exactly the
   random crop (``TEXTURE_CROP`` px of the full-resolution photo, so it shows a texture, not an object),
   resized to S. Train crops lie entirely in the left 70% of the photo, test crops entirely in the right
   30%: no pixel is shared. Test: 60 crops per class.
+- ``patches`` (held-out): the same construction on 10 other images, in colour, with 24 px crops:
+  scikit-learn's china and flower, scikit-image's hubble_deep_field, retina, ihc, motorcycle_left, cell,
+  clock, page, text.
+  Some crops are ambiguous on purpose (black sky in hubble and black borders in retina, blank paper in page
+  and text), so the ceiling is below 1.
 - ``rotation`` (held-out): predict how a patch of a natural photo was rotated (0, 90, 180, 270 degrees).
   Patches are random ``ROTATION_CROP`` px colour crops of photos downscaled 2x; train patches come from
   astronaut, camera, chelsea, coffee, rocket, motorcycle_left, test patches from other photos
@@ -31,13 +36,16 @@ TEXTURE_PHOTOS = ("brick", "grass", "gravel", "camera", "moon", "coins", "astron
                   "rocket")  # fmt: skip
 TEXTURE_CROP = 20
 TEXTURE_TEST_PER_CLASS = 60
+PATCH_PHOTOS = ("sk:china", "sk:flower", "hubble_deep_field", "retina", "ihc.png", "motorcycle_left.png",
+                "cell", "clock", "page", "text")  # fmt: skip
+PATCH_CROP = 24
 ROTATION_TRAIN = ("astronaut", "camera", "chelsea", "coffee", "rocket", "motorcycle_left.png")
 ROTATION_TEST = ("sk:china", "sk:flower", "clock")
 ROTATION_CROP = 48
 ROTATION_TEST_PER_CLASS = 150
 TEST_SEED = 12345
-TASKS = ("digits", "texture", "rotation")
-NUM_CLASSES = {"digits": 10, "texture": 10, "rotation": 4}
+TASKS = ("digits", "texture", "patches", "rotation")
+NUM_CLASSES = {"digits": 10, "texture": 10, "patches": 10, "rotation": 4}
 
 
 def _photo(name: str) -> np.ndarray:
@@ -95,13 +103,23 @@ def digits(per_class: int, seed: int, size: int) -> tuple[np.ndarray, ...]:
 
 
 def texture(per_class: int, seed: int, size: int) -> tuple[np.ndarray, ...]:
+    return _photo_crops(TEXTURE_PHOTOS, True, TEXTURE_CROP, per_class, seed, size)
+
+
+def patches(per_class: int, seed: int, size: int) -> tuple[np.ndarray, ...]:
+    return _photo_crops(PATCH_PHOTOS, False, PATCH_CROP, per_class, seed, size)
+
+
+def _photo_crops(photos: tuple[str, ...], gray: bool, crop: int, per_class: int, seed: int,
+                 size: int) -> tuple[np.ndarray, ...]:  # fmt: skip
+    """class = source photo; train crops from the left 70% of each photo, test crops from the right 30%."""
     rng, test_rng = np.random.default_rng(seed), np.random.default_rng(TEST_SEED)
     xs, ys, xts, yts = [], [], [], []
-    for c, name in enumerate(TEXTURE_PHOTOS):
-        img = _gray(_photo(name))
+    for c, name in enumerate(photos):
+        img = _gray(_photo(name)) if gray else _photo(name)
         cut = int(img.shape[1] * 0.7)
-        xs.append(_crops(img, per_class, TEXTURE_CROP, 0, cut, rng))
-        xts.append(_crops(img, TEXTURE_TEST_PER_CLASS, TEXTURE_CROP, cut, img.shape[1], test_rng))
+        xs.append(_crops(img, per_class, crop, 0, cut, rng))
+        xts.append(_crops(img, TEXTURE_TEST_PER_CLASS, crop, cut, img.shape[1], test_rng))
         ys += [c] * per_class
         yts += [c] * TEXTURE_TEST_PER_CLASS
     return (_resize(np.concatenate(xs), size), np.array(ys), _resize(np.concatenate(xts), size),
@@ -127,4 +145,5 @@ def rotation(per_class: int, seed: int, size: int) -> tuple[np.ndarray, ...]:
 
 
 def load(task: str, per_class: int, seed: int, size: int) -> tuple[np.ndarray, ...]:
-    return {"digits": digits, "texture": texture, "rotation": rotation}[task](per_class, seed, size)
+    tasks = {"digits": digits, "texture": texture, "patches": patches, "rotation": rotation}
+    return tasks[task](per_class, seed, size)

