@@ -162,7 +162,7 @@ def run_finetunekit(data: Data, k: int, args: argparse.Namespace, seed: int,
 
 
 # ---------------------------------------------------------------------------------------------- fastai
-def run_fastai(data: Data, k: int, args: argparse.Namespace, seed: int) -> float:
+def run_fastai(data: Data, k: int, args: argparse.Namespace, seed: int, torch_head: bool = False) -> float:
     import fastai.callback.progress
     import fastai.callback.schedule  # noqa: F401  (adds Learner.fine_tune / fit_one_cycle)
     from fastai.data.core import DataLoaders
@@ -173,7 +173,7 @@ def run_fastai(data: Data, k: int, args: argparse.Namespace, seed: int) -> float
     x, y, xt, yt = data
     set_seed(seed)
     torch.manual_seed(seed)
-    model = plain_model(args.weights, k)
+    model = plain_model(args.weights, k, torch_head)
     train = torch.utils.data.TensorDataset(x, y)
     valid = torch.utils.data.TensorDataset(x[:BATCH], y[:BATCH])  # a few train images: no test peeking
     dls = DataLoaders(DataLoader(train, bs=BATCH, shuffle=True), DataLoader(valid, bs=BATCH), device="cpu")
@@ -237,6 +237,7 @@ def methods(args: argparse.Namespace) -> dict[str, Callable[[Data, int, int], fl
         "finetunekit default": lambda d, k, s: run_finetunekit(d, k, args, s, ({}, {}, {})),
         "finetunekit few-shot": lambda d, k, s: run_finetunekit(d, k, args, s, few_shot_recipe()),
         "fastai fine_tune": lambda d, k, s: run_fastai(d, k, args, s),
+        "fastai fine_tune torch head": lambda d, k, s: run_fastai(d, k, args, s, True),
         f"lightning BackboneFinetuning({args.bf_unfreeze})": lambda d, k, s: run_lightning(
             d, k, args, s, args.bf_unfreeze
         ),
