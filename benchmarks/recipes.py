@@ -17,7 +17,7 @@ Methods (``--methods``):
   (its defaults: 30% warm-up, cosine), cross-entropy, no augmentation. ``--report`` also gives its best
   LR per task ("plain loop (best LR)"), picked on the test set, so it is an optimistic baseline.
 - ``plain lr=... bs8`` (the plain loop at batch 8, the few-shot recipe's one change) and
-  ``plain lr=... torch head`` (the plain loop with finetunekit's head init: timm's ``reset_classifier``,
+  ``plain lr=... torch head`` (the plain loop with a small head init like finetunekit's: timm's ``reset_classifier``,
   torch's default Linear init, instead of ``create_model(num_classes=K)``'s larger EfficientNet init) are
   ablations: they say how much of a difference comes from the batch size or from the head init.
 - ``fastai fine_tune``: fastai ``Learner`` (its defaults: Adam, wd 0.01, ``train_bn=True``) over the same
@@ -77,7 +77,7 @@ def plain_model(weights: str, num_classes: int, torch_head: bool = False) -> nn.
     (benchmarks/strategies.py's ``plain_model`` with a class count). The head is timm's
     ``create_model(num_classes=...)`` head, whose EfficientNet init (uniform +-1/sqrt(num_classes)) gives
     large initial logits; ``torch_head=True`` replaces it with ``reset_classifier`` (torch's default
-    Linear init, small logits), which is what finetunekit's timm adapter builds."""
+    Linear init, small logits), close to finetunekit's own small head init (trunc-normal, std 0.01)."""
     import timm
 
     model = timm.create_model("efficientnet_lite0", num_classes=num_classes, pretrained=False)
