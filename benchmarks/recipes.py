@@ -17,8 +17,9 @@ Methods (``--methods``):
   (its defaults: 30% warm-up, cosine), cross-entropy, no augmentation. ``--report`` also gives its best
   LR per task ("plain loop (best LR)"), picked on the test set, so it is an optimistic baseline.
 - ``plain lr=... bs8`` (the plain loop at batch 8, the few-shot recipe's one change) and
-  ``plain lr=... torch head`` (the plain loop with a small head init like finetunekit's: timm's ``reset_classifier``,
-  torch's default Linear init, instead of ``create_model(num_classes=K)``'s larger EfficientNet init) are
+  ``plain lr=... torch head`` (the plain loop with a small head init like finetunekit's: timm's
+  ``reset_classifier``, torch's default Linear init, instead of ``create_model(num_classes=K)``'s larger
+  EfficientNet init) are
   ablations: they say how much of a difference comes from the batch size or from the head init.
 - ``fastai fine_tune``: fastai ``Learner`` (its defaults: Adam, wd 0.01, ``train_bn=True``) over the same
   model with a body/head splitter, ``fine_tune(epochs - 1, base_lr=2e-3, freeze_epochs=1)``: one frozen
