@@ -58,6 +58,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import recipe_tasks
+import strategies  # its plain_model: timm Lite0 with the offline weights loaded by position
 
 from finetunekit import FineTuner
 from finetunekit.demo import lite0_weights_path
@@ -79,18 +80,7 @@ def plain_model(weights: str, num_classes: int, torch_head: bool = False) -> nn.
     ``create_model(num_classes=...)`` head, whose EfficientNet init (uniform +-1/sqrt(num_classes)) gives
     large initial logits; ``torch_head=True`` replaces it with ``reset_classifier`` (torch's default
     Linear init, small logits), close to finetunekit's own small head init (trunc-normal, std 0.01)."""
-    import timm
-
-    model = timm.create_model("efficientnet_lite0", num_classes=num_classes, pretrained=False)
-    src = torch.load(weights, map_location="cpu", weights_only=True)
-    src_vals = [v for k, v in src.items() if not k.startswith("_fc.")]
-    dst_keys = [k for k in model.state_dict() if not k.startswith("classifier.")]
-    assert len(src_vals) == len(dst_keys)
-    state = {}
-    for k, v in zip(dst_keys, src_vals, strict=True):
-        assert model.state_dict()[k].shape == v.shape, k
-        state[k] = v
-    model.load_state_dict(state, strict=False)
+    model = strategies.plain_model(weights, num_classes)
     if torch_head:
         model.reset_classifier(num_classes)
     return model

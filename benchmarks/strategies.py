@@ -57,11 +57,11 @@ def preprocess(images: np.ndarray, size: int, invert: bool) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------- plain PyTorch
-def plain_model(weights: str) -> nn.Module:
-    """timm EfficientNet-Lite0 with a 10-class head and the offline weights loaded by position."""
+def plain_model(weights: str, num_classes: int = 10) -> nn.Module:
+    """timm EfficientNet-Lite0 with a new head and the offline weights loaded by position."""
     import timm
 
-    model = timm.create_model("efficientnet_lite0", num_classes=10, pretrained=False)
+    model = timm.create_model("efficientnet_lite0", num_classes=num_classes, pretrained=False)
     src = torch.load(weights, map_location="cpu", weights_only=True)
     src_vals = [v for k, v in src.items() if not k.startswith("_fc.")]
     dst_keys = [k for k in model.state_dict() if not k.startswith("classifier.")]
