@@ -141,8 +141,9 @@ class ImageTransform:
         check_float_augment(self.policy)
         from torchvision.transforms import v2
 
-        crop = v2.RandomResizedCrop(list(image.shape[-2:]), scale=(0.35, 1.0), antialias=True)
-        return v2.RandomHorizontalFlip()(crop(image))
+        crop = v2.RandomResizedCrop(list(image.shape[-2:]), scale=self.policy.crop_scale, antialias=True)
+        out = crop(image)
+        return v2.RandomHorizontalFlip()(out) if self.policy.flip else out
 
 
 def to_chw_uint8(image: Any, in_chans: int, what: str) -> torch.Tensor | None:

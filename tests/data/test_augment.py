@@ -97,3 +97,23 @@ def test_fit_with_a_policy_trains_and_an_unknown_one_fails_before_any_step():
     assert all(torch.equal(a, b) for a, b in zip(before, ft.model.parameters(), strict=True))
     ft.fit(x, y, epochs=1, batch_size=8, verbose=0, augment="trivialaugment")
     assert not all(torch.equal(a, b) for a, b in zip(before, ft.model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("preprocessed", [False, True], ids=["uint8", "float"])
+def test_augment_flip_and_crop_scale_are_honoured_for_uint8_and_float_images(preprocessed):
+    """Augment(flip=False, crop_scale=(1, 1)) leaves an image whole and unflipped; flip=True flips some
+    draws. Float (already normalized) images take the same options as uint8 ones."""
+    image = _image()[:, :24, :24]
+    plain = ImageTransform(CONFIG, 3, False)(image)
+
+    def draws(policy: Augment) -> list[torch.Tensor]:
+        transform = ImageTransform(CONFIG, 3, policy)
+        torch.manual_seed(0)
+        if preprocessed:
+            return [transform.augment_preprocessed(plain) for _ in range(12)]
+        return [transform(image) for _ in range(12)]
+
+    for out in draws(Augment(flip=False, crop_scale=(1.0, 1.0))):
+        assert torch.allclose(out, plain, atol=1e-5)
+    flipped = [torch.allclose(out, plain.flip(-1), atol=1e-5) for out in draws(Augment(crop_scale=(1.0, 1.0)))]
+    assert any(flipped) and not all(flipped)
