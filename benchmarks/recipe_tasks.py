@@ -7,6 +7,9 @@ digits, all the images not drawn for training), so every method gets exactly the
 - ``digits`` (the TUNING task: library defaults were chosen on it): scikit-learn's 8x8 digits, upsampled
   bilinearly, gray repeated to 3 channels; train = ``per_class`` random images per class, test = all the
   others (about 800 at 100/class, 1,700 at 10/class).
+- ``faces`` (TUNING, with digits: the few-shot recipe was chosen on both): scikit-image's ``lfw_subset``,
+  100 real face photos and 100 real non-face photo patches (25 x 25 gray), face or not; 50 fixed test
+  images per class, train = ``per_class`` (at most 50) random images per class from the others.
 - ``texture`` (held-out): 10 real photos from scikit-image (brick, grass, gravel, camera, moon, coins,
   astronaut, coffee, chelsea, rocket), converted to grayscale; class = source photo. Each sample is a small
   random crop (``TEXTURE_CROP`` px of the full-resolution photo, so it shows a texture, not an object),
@@ -44,8 +47,10 @@ ROTATION_TEST = ("sk:china", "sk:flower", "clock")
 ROTATION_CROP = 48
 ROTATION_TEST_PER_CLASS = 150
 TEST_SEED = 12345
-TASKS = ("digits", "texture", "patches", "rotation")
-NUM_CLASSES = {"digits": 10, "texture": 10, "patches": 10, "rotation": 4}
+FACES_TEST_SEED = 54321
+TASKS = ("digits", "faces", "texture", "patches", "rotation")
+MAX_PER_CLASS = {"faces": 50}  # the others draw as many as asked
+NUM_CLASSES = {"digits": 10, "faces": 2, "texture": 10, "patches": 10, "rotation": 4}
 
 
 def _photo(name: str) -> np.ndarray:
@@ -102,6 +107,26 @@ def digits(per_class: int, seed: int, size: int) -> tuple[np.ndarray, ...]:
     return _resize(rgb[train], size), labels[train], _resize(rgb[test], size), labels[test]
 
 
+def faces(per_class: int, seed: int, size: int) -> tuple[np.ndarray, ...]:
+    """scikit-image's lfw_subset: 100 real face photos and 100 real non-face photo patches, 25 x 25 gray.
+    Test: 50 fixed images per class; train: ``per_class`` random images per class from the other 50."""
+    import skimage.data
+
+    if per_class > MAX_PER_CLASS["faces"]:
+        raise ValueError(f"faces has {MAX_PER_CLASS['faces']} training images per class, not {per_class}")
+    images = np.round(skimage.data.lfw_subset() * 255).clip(0, 255).astype(np.uint8)
+    labels = np.repeat(np.arange(2), 100)
+    test_rng, rng = np.random.default_rng(FACES_TEST_SEED), np.random.default_rng(seed)
+    test, train = [], []
+    for c in range(2):
+        order = test_rng.permutation(np.flatnonzero(labels == c))
+        test.append(order[:50])
+        train.append(rng.permutation(order[50:])[:per_class])
+    tr, te = np.concatenate(train), np.concatenate(test)
+    rgb = np.repeat(images[:, :, :, None], 3, axis=3)
+    return _resize(rgb[tr], size), labels[tr], _resize(rgb[te], size), labels[te]
+
+
 def texture(per_class: int, seed: int, size: int) -> tuple[np.ndarray, ...]:
     return _photo_crops(TEXTURE_PHOTOS, True, TEXTURE_CROP, per_class, seed, size)
 
@@ -145,5 +170,5 @@ def rotation(per_class: int, seed: int, size: int) -> tuple[np.ndarray, ...]:
 
 
 def load(task: str, per_class: int, seed: int, size: int) -> tuple[np.ndarray, ...]:
-    tasks = {"digits": digits, "texture": texture, "patches": patches, "rotation": rotation}
+    tasks = {"digits": digits, "faces": faces, "texture": texture, "patches": patches, "rotation": rotation}
     return tasks[task](per_class, seed, size)

@@ -12,20 +12,23 @@ Methods (``--methods``):
 - ``finetunekit default``: ``FineTuner(..., seed=seed)``, ``compile()`` with no arguments,
   ``fit(x, y, epochs=8, verbose=0)`` with fit's defaults (``augment=True``: the light augmentation,
   RandomResizedCrop(scale 0.35-1) + horizontal flip, on the float tensors).
-- ``finetunekit few-shot``: the few-shot recipe of docs/recipes.md (``FEW_SHOT`` below).
+- ``finetunekit few-shot``: the few-shot recipe of docs/recipes.md (``FEW_SHOT`` below: ``fit(epochs=32)``,
+  4x the default's epochs, chosen on the tuning tasks among ``CANDIDATES``).
 - ``plain lr=...``: timm model + the same weights, AdamW (wd 0.01) over all parameters, torch OneCycleLR
   (its defaults: 30% warm-up, cosine), cross-entropy, no augmentation. ``--report`` also gives its best
   LR per task ("plain loop (best LR)"), picked on the test set, so it is an optimistic baseline.
-- ``plain lr=... bs8`` (the plain loop at batch 8, the few-shot recipe's one change) and
-  ``plain lr=... torch head`` (the plain loop with a small head init like finetunekit's: timm's
-  ``reset_classifier``, torch's default Linear init, instead of ``create_model(num_classes=K)``'s larger
-  EfficientNet init) are
-  ablations: they say how much of a difference comes from the batch size or from the head init.
+- ``plain lr=... bs8`` (the plain loop at batch 8), ``plain lr=... torch head`` (the plain loop with a
+  small head init like finetunekit's: timm's ``reset_classifier``, torch's default Linear init, instead of
+  ``create_model(num_classes=K)``'s larger EfficientNet init) and ``plain lr=... e32`` / ``plain lr=...
+  torch head e32`` (the plain loop given the few-shot recipe's 32 epochs) are ablations: they say how much
+  of a difference comes from the batch size, the head init or the number of steps.
 - ``fastai fine_tune``: fastai ``Learner`` (its defaults: Adam, wd 0.01, ``train_bn=True``) over the same
   model with a body/head splitter, ``fine_tune(epochs - 1, base_lr=2e-3, freeze_epochs=1)``: one frozen
   one-cycle epoch, then a one-cycle over the unfrozen model with discriminative LRs
   (``slice(base_lr/200, base_lr/2)``: with two groups the body trains at 1e-5, the head at 1e-3). No
   augmentation (the tensors are fed as they are).
+- ``fastai vision_learner fine_tune``: what ``vision_learner(dls, "efficientnet_lite0")`` builds (fastai's
+  own head on the timm body, ``default_split``), then ``fine_tune`` as above.
 - ``lightning BackboneFinetuning``: a LightningModule with ``self.backbone`` (the timm model without its
   classifier) and ``self.head``, AdamW(lr 1e-3, wd 0.01) constant LR over the trainable parameters (the
   Lightning docs' pattern), ``BackboneFinetuning`` with its defaults except
@@ -60,9 +63,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import recipe_tasks
 import strategies  # its plain_model: timm Lite0 with the offline weights loaded by position
 
-from finetunekit import FineTuner
+from finetunekit import L2SP, FineTuner
+from finetunekit.data.augment import Augment
 from finetunekit.demo import lite0_weights_path
-from finetunekit.strategies import LPFT
+from finetunekit.strategies import LPFT, FrozenBackbone
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -99,7 +103,7 @@ Data = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 # ------------------------------------------------------------------------------------------ plain loop
 def run_plain(
     data: Data, k: int, args: argparse.Namespace, seed: int, lr: float, batch: int = BATCH,
-    torch_head: bool = False,
+    torch_head: bool = False, epochs: int | None = None,
 ) -> float:  # fmt: skip
     x, y, xt, yt = data
     torch.manual_seed(seed)
@@ -109,8 +113,9 @@ def run_plain(
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(x, y), batch_size=batch, shuffle=True, generator=gen
     )
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=args.epochs * len(loader))
-    for _ in range(args.epochs):
+    epochs = epochs or args.epochs
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * len(loader))
+    for _ in range(epochs):
         model.train()
         for xb, yb in loader:
             loss = F.cross_entropy(model(xb), yb)
@@ -124,7 +129,9 @@ def run_plain(
 # ----------------------------------------------------------------------------------------- finetunekit
 Recipe = tuple[dict[str, Any], dict[str, Any], dict[str, Any]]  # FineTuner, compile and fit kwargs
 
-# Few-shot candidates, compared on the tuning task (digits, 10 per class) only; FEW_SHOT is the winner.
+# Few-shot candidates, compared on the tuning tasks (digits and faces, 10 per class) only; FEW_SHOT is the
+# winner among those that keep fit's default augmentation (flip=False / augment=False are choices about the
+# labels, not the data size: docs/recipes.md).
 CANDIDATES: dict[str, Callable[[], Recipe]] = {
     "bs8": lambda: ({}, {}, {"batch_size": 8}),
     "bs16": lambda: ({}, {}, {"batch_size": 16}),
@@ -133,8 +140,27 @@ CANDIDATES: dict[str, Callable[[], Recipe]] = {
     "bs8 ema": lambda: ({}, {"ema_decay": 0.99, "ema_warmup": True}, {"batch_size": 8}),
     "lr4e-3": lambda: ({}, {"lr": 4e-3}, {}),
     "ls0.1": lambda: ({}, {"label_smoothing": 0.1}, {}),
+    "e32": lambda: ({}, {}, {"epochs": 32}),
+    "e16": lambda: ({}, {}, {"epochs": 16}),
+    "e32 noflip": lambda: ({}, {}, {"epochs": 32, "augment": Augment(flip=False)}),
+    "bs8 noflip": lambda: ({}, {}, {"batch_size": 8, "augment": Augment(flip=False)}),
+    "bs8 lr1e-3": lambda: ({}, {"lr": 1e-3}, {"batch_size": 8}),
+    "bs16 e16": lambda: ({}, {}, {"batch_size": 16, "epochs": 16}),
+    "e32 ls0.1": lambda: ({}, {"label_smoothing": 0.1}, {"epochs": 32}),
+    "frozen e32": lambda: ({"strategy": FrozenBackbone()}, {}, {"epochs": 32}),
+    "e32 noaug": lambda: ({}, {}, {"epochs": 32, "augment": False}),
+    "e32 noaug ls0.1": lambda: ({}, {"label_smoothing": 0.1}, {"epochs": 32, "augment": False}),
+    "e32 crop0.6": lambda: ({}, {}, {"epochs": 32, "augment": Augment(crop_scale=(0.6, 1.0))}),
+    "e32 lpft4": lambda: ({"strategy": LPFT(probe_epochs=4)}, {}, {"epochs": 32}),
+    "e32 l2sp": lambda: ({}, {"regularizer": L2SP(0.01, 0.01)}, {"epochs": 32}),
+    "e32 ema": lambda: ({}, {"ema_decay": 0.99, "ema_warmup": True}, {"epochs": 32}),
+    "e32 crop0.6 noflip": lambda: (
+        {},
+        {},
+        {"epochs": 32, "augment": Augment(crop_scale=(0.6, 1.0), flip=False)},
+    ),
 }
-FEW_SHOT = "bs8"
+FEW_SHOT = "e32"
 
 
 def few_shot_recipe() -> Recipe:
@@ -148,7 +174,7 @@ def run_finetunekit(data: Data, k: int, args: argparse.Namespace, seed: int,
     ft = FineTuner("timm/efficientnet_lite0", num_classes=k, weights=args.weights,
                    image_size=args.image_size, seed=seed, device="cpu", **init)  # fmt: skip
     ft.compile(**comp)
-    ft.fit(x, y, epochs=args.epochs, verbose=0, **fit)
+    ft.fit(x, y, **{"epochs": args.epochs, "verbose": 0, **fit})
     return float(ft.evaluate(xt, yt, batch_size=256)["accuracy"])
 
 
@@ -174,6 +200,39 @@ def run_fastai(data: Data, k: int, args: argparse.Namespace, seed: int, torch_he
         return [[p for p in params(m) if id(p) not in head_ids], list(m.classifier.parameters())]
 
     learn = Learner(dls, model, loss_func=nn.CrossEntropyLoss(), splitter=splitter)
+    with learn.no_logging(), learn.no_bar():
+        learn.fine_tune(args.epochs - 1, base_lr=2e-3, freeze_epochs=1)
+    return accuracy(model, xt, yt)
+
+
+def run_fastai_vision(data: Data, k: int, args: argparse.Namespace, seed: int) -> float:
+    """What ``vision_learner(dls, "efficientnet_lite0")`` builds, with the offline weights: fastai's
+    ``create_timm_model`` (the timm body without its classifier and fastai's own head: concat pooling,
+    BatchNorm, dropout 0.25/0.5, a 512-unit hidden layer, kaiming init), fastai's ``default_split`` and
+    loss, then ``fine_tune`` with its defaults. ``pretrained=False`` only stops the download; the same
+    ImageNet weights are loaded into the body by position, as for every other method."""
+    import fastai.callback.progress
+    import fastai.callback.schedule  # noqa: F401  (adds Learner.fine_tune / fit_one_cycle)
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    from fastai.learner import Learner
+    from fastai.losses import CrossEntropyLossFlat
+    from fastai.torch_core import set_seed
+    from fastai.vision.learner import create_timm_model, default_split
+
+    x, y, xt, yt = data
+    set_seed(seed)
+    torch.manual_seed(seed)
+    model, _ = create_timm_model("efficientnet_lite0", k, pretrained=False)
+    body = model[0].model
+    src = strategies.plain_model(args.weights, k).state_dict()
+    missing = body.load_state_dict({n: v for n, v in src.items() if not n.startswith("classifier.")})
+    assert not missing.missing_keys and not missing.unexpected_keys
+    train = torch.utils.data.TensorDataset(x, y)
+    valid = torch.utils.data.TensorDataset(x[:BATCH], y[:BATCH])  # a few train images: no test peeking
+    dls = DataLoaders(DataLoader(train, bs=BATCH, shuffle=True), DataLoader(valid, bs=BATCH), device="cpu")
+    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), splitter=default_split)
+    learn.freeze()  # what vision_learner does for a pretrained body
     with learn.no_logging(), learn.no_bar():
         learn.fine_tune(args.epochs - 1, base_lr=2e-3, freeze_epochs=1)
     return accuracy(model, xt, yt)
@@ -229,6 +288,7 @@ def methods(args: argparse.Namespace) -> dict[str, Callable[[Data, int, int], fl
         "finetunekit few-shot": lambda d, k, s: run_finetunekit(d, k, args, s, few_shot_recipe()),
         "fastai fine_tune": lambda d, k, s: run_fastai(d, k, args, s),
         "fastai fine_tune torch head": lambda d, k, s: run_fastai(d, k, args, s, True),
+        "fastai vision_learner fine_tune": lambda d, k, s: run_fastai_vision(d, k, args, s),
         f"lightning BackboneFinetuning({args.bf_unfreeze})": lambda d, k, s: run_lightning(
             d, k, args, s, args.bf_unfreeze
         ),
@@ -243,6 +303,11 @@ def methods(args: argparse.Namespace) -> dict[str, Callable[[Data, int, int], fl
         # an ablation for the head init: finetunekit's head (torch's Linear init) in the plain loop
         table[f"plain lr={lr:g} torch head"] = lambda d, k, s, lr=lr: run_plain(
             d, k, args, s, lr, BATCH, True
+        )
+        # an ablation for the few-shot recipe's 32 epochs: the plain loop given the same number of steps
+        table[f"plain lr={lr:g} e32"] = lambda d, k, s, lr=lr: run_plain(d, k, args, s, lr, epochs=32)
+        table[f"plain lr={lr:g} torch head e32"] = lambda d, k, s, lr=lr: run_plain(
+            d, k, args, s, lr, BATCH, True, 32
         )
     return table
 
@@ -264,6 +329,9 @@ def run_grid(args: argparse.Namespace) -> None:
     for task in args.tasks:
         k = recipe_tasks.NUM_CLASSES[task]
         for per_class in args.per_class:
+            if per_class > recipe_tasks.MAX_PER_CLASS.get(task, per_class):
+                print(f"skipping {task} at {per_class} per class: it has fewer images", file=sys.stderr)
+                continue
             for seed in args.seeds:
                 todo = [m for m in args.methods if (task, per_class, seed, m) not in have]
                 if not todo:
@@ -292,6 +360,18 @@ def _cell(accs: list[float]) -> str:
     return f"{statistics.mean(accs):.3f} ({min(accs):.3f}-{max(accs):.3f}, {len(accs)})"
 
 
+# Row order of the report: finetunekit, the plain loop, its ablations, the peers ("name*": a prefix).
+ORDER = ("finetunekit default", "finetunekit few-shot", "finetunekit*", "plain lr=0.001", "plain lr=0.002",
+         "plain lr=0.003", "plain*", "fastai*", "lightning*")  # fmt: skip
+
+
+def _order(name: str) -> int:
+    for i, p in enumerate(ORDER):
+        if name == p or (p.endswith("*") and name.startswith(p[:-1])):
+            return i
+    return len(ORDER)
+
+
 def report(rows: list[dict[str, Any]]) -> str:
     """One markdown table per images-per-class setting: rows = methods, columns = tasks; each cell is
     mean test accuracy (min-max, seeds). "plain loop (best LR)" is the plain LR with the best mean."""
@@ -299,7 +379,7 @@ def report(rows: list[dict[str, Any]]) -> str:
     tasks = [t for t in recipe_tasks.TASKS if any(r["task"] == t for r in rows)]
     for per_class in sorted({r["per_class"] for r in rows}, reverse=True):
         sub = [r for r in rows if r["per_class"] == per_class]
-        names = list(dict.fromkeys(r["method"] for r in sub))
+        names = sorted(dict.fromkeys(r["method"] for r in sub), key=_order)
         cells: dict[str, dict[str, list[float]]] = {
             n: {t: [r["accuracy"] for r in sub if r["method"] == n and r["task"] == t] for t in tasks}
             for n in names
@@ -334,7 +414,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", default=[
         "finetunekit default", "finetunekit few-shot", "plain lr=0.001", "plain lr=0.002",
-        "plain lr=0.003", "fastai fine_tune", "lightning BackboneFinetuning(2)"])  # fmt: skip
+        "plain lr=0.003", "fastai fine_tune", "fastai vision_learner fine_tune",
+        "lightning BackboneFinetuning(2)"])  # fmt: skip
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument(
