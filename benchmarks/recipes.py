@@ -360,9 +360,10 @@ def _cell(accs: list[float]) -> str:
     return f"{statistics.mean(accs):.3f} ({min(accs):.3f}-{max(accs):.3f}, {len(accs)})"
 
 
-# Row order of the report: finetunekit, the plain loop, its ablations, the peers ("name*": a prefix).
-ORDER = ("finetunekit default", "finetunekit few-shot", "finetunekit*", "plain lr=0.001", "plain lr=0.002",
-         "plain lr=0.003", "plain*", "fastai*", "lightning*")  # fmt: skip
+# Report row order: finetunekit, tuning candidates, the plain loop and its ablations, the peers
+# ("name*": a prefix).
+ORDER = ("finetunekit default", "finetunekit few-shot", "finetunekit*", "candidate*", "plain lr=0.001",
+         "plain lr=0.002", "plain lr=0.003", "plain*", "fastai*", "lightning*")  # fmt: skip
 
 
 def _order(name: str) -> int:
