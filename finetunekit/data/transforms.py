@@ -17,6 +17,7 @@ import torch
 
 from finetunekit.backbones.base import DataConfig
 from finetunekit.data.augment import (
+    Augment,
     as_uint8_image,
     build_augmenter,
     build_eraser,
@@ -139,11 +140,13 @@ class ImageTransform:
         if self.policy is None:
             return image
         check_float_augment(self.policy)
+        policy = self.policy
+        assert isinstance(policy, Augment)  # check_float_augment lets only the light Augment through
         from torchvision.transforms import v2
 
-        crop = v2.RandomResizedCrop(list(image.shape[-2:]), scale=self.policy.crop_scale, antialias=True)
+        crop = v2.RandomResizedCrop(list(image.shape[-2:]), scale=policy.crop_scale, antialias=True)
         out = crop(image)
-        return v2.RandomHorizontalFlip()(out) if self.policy.flip else out
+        return v2.RandomHorizontalFlip()(out) if policy.flip else out
 
 
 def to_chw_uint8(image: Any, in_chans: int, what: str) -> torch.Tensor | None:
