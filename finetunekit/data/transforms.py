@@ -17,7 +17,6 @@ import torch
 
 from finetunekit.backbones.base import DataConfig
 from finetunekit.data.augment import (
-    Augment,
     as_uint8_image,
     build_augmenter,
     build_eraser,
@@ -89,6 +88,7 @@ class ImageTransform:
         self._offset = -mean / std
         self._augmenter: Any = None
         self._eraser: Any = None
+        self._float_augmenters: dict[tuple[int, int], Any] = {}  # by image size, built on first use
 
     def with_augment(self, augment: Any) -> ImageTransform:
         """A twin sharing the config, e.g. the never-augmenting transform of a validation split."""
@@ -139,14 +139,17 @@ class ImageTransform:
         """Augment an already-normalized float image at its own size (no resize, no normalize)."""
         if self.policy is None:
             return image
-        check_float_augment(self.policy)
-        policy = self.policy
-        assert isinstance(policy, Augment)  # check_float_augment lets only the light Augment through
-        from torchvision.transforms import v2
+        check_float_augment(self.policy)  # only the light crop and flip: no colour ops on normalized floats
+        size = (int(image.shape[-2]), int(image.shape[-1]))
+        if size not in self._float_augmenters:
+            from torchvision.transforms.v2 import InterpolationMode
 
-        crop = v2.RandomResizedCrop(list(image.shape[-2:]), scale=policy.crop_scale, antialias=True)
-        out = crop(image)
-        return v2.RandomHorizontalFlip()(out) if policy.flip else out
+            # the same crop-and-flip builder as uint8 images (one place reads crop_scale and flip);
+            # bilinear, as float inputs have always been resampled
+            self._float_augmenters[size] = build_augmenter(
+                self.policy, size, tuple(self.data_config.mean), InterpolationMode.BILINEAR
+            )
+        return self._float_augmenters[size](image)
 
 
 def to_chw_uint8(image: Any, in_chans: int, what: str) -> torch.Tensor | None:
